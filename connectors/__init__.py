@@ -1,0 +1,1 @@
+"""Thin connectors over the official clients: Alpaca, Kafka, ClickHouse, files."""

@@ -1,0 +1,46 @@
+"""Loading configuration: the YAML file and the environment.
+
+The only module that reads environment variables. Everything is validated
+once, at start-up; a bad file stops with one line naming the field.
+"""
+from __future__ import annotations
+
+import os
+
+import yaml
+from pydantic import ValidationError
+
+from operators.config import ConfigError, TradingConfig, describe_validation_error
+
+DEFAULT_CONFIG = "config/trading.yaml"
+DEFAULT_CLICKHOUSE = "chdb://./data/clickhouse"
+
+
+def load_trading_config(path: str | None) -> TradingConfig:
+    """The trading configuration from `path` (defaults when None and no default file)."""
+    if path is None:
+        path = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+    if path is None:
+        return TradingConfig()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return TradingConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def clickhouse_dsn(cli_value: str | None) -> str:
+    """--clickhouse, else CLICKHOUSE_DSN, else embedded chDB under ./data/clickhouse."""
+    return cli_value or os.environ.get("CLICKHOUSE_DSN") or DEFAULT_CLICKHOUSE

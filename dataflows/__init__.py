@@ -1,0 +1,1 @@
+"""Bytewax dataflows and the `cuts` command line that composes them."""

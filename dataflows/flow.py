@@ -1,0 +1,89 @@
+"""The one dataflow every mode runs: backtest, replay and live differ only in
+the source and the sinks passed in.
+
+  source (Chunk | Watermark, per partition)
+    -> key by symbol -> symbol stage (validation, SMA windows, signals)
+    -> key "portfolio" (with the watermarks) -> portfolio stage
+       (event-time ordering, exits, risk, simulated broker)
+  symbol outputs (bars, signals, dead letters) and portfolio outputs
+  (orders, fills, trades, equity, rejections) go to the sinks.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from operators.config import TradingConfig
+from operators.ordering import Chunk, PortfolioStage, SymbolResult
+from operators.portfolio import Portfolio
+from operators.signals import SignalRules
+from operators.symbol_stage import SymbolState, step_symbol
+from operators.types import SymbolOutput
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    config: TradingConfig
+    run_id: str
+
+
+class SymbolLogic(StatefulBatchLogic):
+    def __init__(self, rules: SignalRules, resume: SymbolState | None):
+        self.state = resume if resume is not None else SymbolState.new(rules)
+
+    def on_batch(self, chunks):
+        results = []
+        for c in chunks:
+            out = SymbolOutput()
+            step_symbol(self.state, c.bars, c.origins, c.origin_prefix, out)
+            results.append(SymbolResult(c.partition, c.seq, out))
+        return results, StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        return copy.deepcopy(self.state)
+
+
+class PortfolioLogic(StatefulBatchLogic):
+    def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None):
+        self.stage = resume if resume is not None else PortfolioStage.new(Portfolio.new(config), partitions)
+
+    def on_batch(self, items):
+        out = self.stage.on_items(items)
+        return ([out] if not out.empty() else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self):
+        out = self.stage.flush()
+        return ([out] if not out.empty() else []), StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        return copy.deepcopy(self.stage)
+
+
+def build_flow(settings: FlowSettings, source, sink, partitions) -> Dataflow:
+    """`source` emits Chunk/Watermark items from `partitions`; `sink` takes
+    SymbolOutput and PortfolioOutput items."""
+    rules = SignalRules.from_config(settings.config)
+    config = settings.config
+    parts = list(partitions)
+
+    flow = Dataflow("thousandcuts")
+    events = op.input("bars_in", flow, source)
+    split = op.branch("chunks_or_watermarks", events, lambda e: isinstance(e, Chunk))
+    by_symbol = op.key_on("by_symbol", split.trues, lambda c: c.symbol)
+    symbol_results = op.stateful_batch(
+        "symbol_stage", by_symbol, lambda resume: SymbolLogic(rules, resume)
+    )
+    results = op.key_rm("symbol_results", symbol_results)
+    op.output("symbol_sink", op.map("symbol_outputs", results, lambda r: r.output), sink)
+
+    to_portfolio = op.merge("to_portfolio", results, split.falses)
+    keyed = op.key_on("portfolio_key", to_portfolio, lambda _: "portfolio")
+    decisions = op.stateful_batch(
+        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume)
+    )
+    op.output("portfolio_sink", op.key_rm("decisions", decisions), sink)
+    return flow

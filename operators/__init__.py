@@ -1,0 +1,1 @@
+"""Pure trading logic and domain types: no Bytewax, Kafka, ClickHouse or wall clock."""

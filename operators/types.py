@@ -1,0 +1,146 @@
+"""Domain events. Times are integer epoch seconds (UTC); a bar is stamped
+with the start of its minute, as Alpaca does.
+
+Plain slotted dataclasses: they are created per bar on the hot path, so they
+stay cheap; validation of outside data happens once, at the connectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+BUY = "buy"
+SELL = "sell"
+
+
+def iso(ts: int) -> str:
+    """ISO 8601 UTC text of an epoch-second timestamp."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class Bar:
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trade_count: Optional[float] = None
+    vwap: Optional[float] = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A bar (or raw record) that was not applied, and why."""
+
+    symbol: str
+    ts: int
+    reason: str  # invalid_<what> | duplicate | late | undecodable
+    source: str  # where it came from: file row, partition/offset
+    payload: str
+
+
+@dataclass(slots=True)
+class Signal:
+    strategy_id: str
+    symbol: str
+    side: str
+    ts: int
+    price: float
+    confidence: float
+    take_profit_pct: float
+    stop_loss_pct: float
+    risk_reward: float
+    filtered_reason: Optional[str] = None  # set when min_confidence / min_risk_reward dropped it
+
+
+@dataclass(slots=True)
+class Order:
+    order_id: str  # deterministic: run, strategy, symbol, decision bar time, leg
+    strategy_id: str
+    symbol: str
+    side: str
+    qty: int
+    decided_ts: int
+    decision_price: float
+    intent: str  # entry | signal | time_stop | flatten | kill_switch
+
+
+@dataclass(slots=True)
+class Fill:
+    order_id: str
+    strategy_id: str
+    symbol: str
+    side: str
+    qty: int
+    ts: int
+    price: float
+    commission: float
+    reason: str  # entry, or the exit reason
+
+
+@dataclass(slots=True)
+class Trade:
+    trade_id: str
+    symbol: str
+    strategy_id: str
+    qty: int
+    entry_time: int
+    entry_price: float
+    exit_time: int
+    exit_price: float
+    exit_reason: str
+    pnl: float
+    return_pct: float
+    commission: float
+
+
+@dataclass(slots=True)
+class Rejection:
+    strategy_id: str
+    symbol: str
+    ts: int
+    reason: str  # halted | max_positions | max_positions_per_symbol | daily_loss_streak | daily_drawdown | size_zero
+    price: float
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class EquityPoint:
+    ts: int
+    cash: float
+    equity: float
+    open_positions: int
+    exposure: float  # market value of open positions
+
+
+@dataclass(slots=True)
+class SymbolOutput:
+    """What the per-symbol stage emits for one input chunk."""
+
+    bars: list = field(default_factory=list)  # accepted Bars in arrival order
+    signals: dict = field(default_factory=dict)  # ts -> list[Signal] that passed filters
+    filtered: list = field(default_factory=list)  # Signals dropped by filters
+    dead_letters: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PortfolioOutput:
+    """Everything the portfolio stage decided while applying a batch of bars."""
+
+    orders: list = field(default_factory=list)
+    fills: list = field(default_factory=list)
+    trades: list = field(default_factory=list)
+    rejections: list = field(default_factory=list)
+    equity: list = field(default_factory=list)
+    dead_letters: list = field(default_factory=list)  # bars behind the watermark
+    applied_bars: int = 0
+
+    def empty(self) -> bool:
+        return not (
+            self.orders or self.fills or self.trades or self.rejections
+            or self.equity or self.dead_letters
+        )
