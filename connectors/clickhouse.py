@@ -302,6 +302,18 @@ def record_run_end(client, run_id: str, bar_count: int, status: str, *,
         "version": [max(now, prev["version"] + 1)]}, database)
 
 
+RUN_TABLES = ("bars", "signals", "orders", "fills", "trades", "equity", "rejections", "dead_letters")
+
+
+def clear_run(client, run_id: str, database: str = DATABASE) -> None:
+    """Delete a run's events, so a fresh backtest under an old id starts clean.
+    (A resumed run must not call this: replayed rows overwrite by key.)"""
+    with client_lock(client):
+        for table in RUN_TABLES:
+            client.command(f"DELETE FROM `{database}`.{table} WHERE run_id = {{r:String}}",
+                           parameters={"r": run_id})
+
+
 # ------------------------------------------------------------------ the sink
 _writers: dict[tuple[str, str], ClickHouseWriter] = {}
 

@@ -1,0 +1,255 @@
+"""Run reports (spec section 6) computed in ClickHouse SQL over the tables of
+`connectors.clickhouse`; every read uses FINAL so replayed rows count once.
+
+Definitions (fractions, not percent):
+- win: pnl > 0; loss: pnl <= 0 (as the risk rules count them).
+- profit factor: sum of winning pnl / abs(sum of losing pnl); None when the
+  losing pnl sums to 0 (no losses, or no trades): undefined rather than inf,
+  so reports stay JSON/CSV friendly.
+- max loss per trade: the most negative pnl among losses (None without losses).
+- total return: final equity / initial cash - 1; initial cash is the run's
+  config_json `risk.initial_cash` (100,000 when absent).
+- max drawdown: max over minutes of 1 - equity / peak, where peak is the
+  running maximum of the `equity` curve, starting at the initial cash.
+- Sharpe: daily return = last equity of an America/New_York day / previous
+  day's last equity - 1 (first day vs initial cash);
+  mean / stddev_samp * sqrt(252); None with fewer than two days or no spread.
+- exposure: fraction of equity minutes with at least one open position
+  (time in the market); `avg_exposure_pct` adds the mean of
+  open-position market value / equity over those minutes.
+- trading days: distinct America/New_York dates in the equity curve.
+- breakdown by day groups trades by the New York date of their exit.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any, Literal
+
+from connectors.clickhouse import DATABASE
+
+DEFAULT_INITIAL_CASH = 100_000.0
+NY = "America/New_York"
+ISO = "'%Y-%m-%dT%H:%i:%SZ', 'UTC'"
+TRADE_CSV_COLUMNS = ["run_id", "symbol", "strategy", "qty", "entry_time", "entry_price", "exit_time",
+                     "exit_price", "exit_reason", "pnl", "return_pct"]
+
+
+def _rows(client, sql: str, run_id: str | None = None, **params) -> list[dict]:
+    if run_id is not None:
+        params["run_id"] = run_id
+    return list(client.query(sql, parameters=params).named_results())
+
+
+def _one(client, sql: str, run_id: str | None = None, **params) -> dict:
+    rows = _rows(client, sql, run_id, **params)
+    return rows[0] if rows else {}
+
+
+def _f(db: str, table: str) -> str:
+    """FROM clause of one run's rows of a table."""
+    return f"FROM `{db}`.`{table}` FINAL WHERE run_id = {{run_id:String}}"
+
+
+def latest_run_id(client, database: str = DATABASE) -> str | None:
+    row = _one(client, f"SELECT run_id FROM `{database}`.runs FINAL ORDER BY started_at DESC, run_id DESC LIMIT 1")
+    return row.get("run_id")
+
+
+def run_info(client, run_id: str, database: str = DATABASE) -> dict:
+    """The run's row (times ISO 8601 UTC), or {} when unknown."""
+    return _one(client, f"""
+        SELECT run_id, config_json, formatDateTime(started_at, {ISO}) AS started_at,
+               formatDateTime(finished_at, {ISO}) AS finished_at, bar_count, mode, status
+        {_f(database, 'runs')}""", run_id)
+
+
+def initial_cash(client, run_id: str, database: str = DATABASE) -> float:
+    config = run_info(client, run_id, database).get("config_json") or "{}"
+    try:
+        cash = float((json.loads(config).get("risk") or {}).get("initial_cash") or 0)
+    except (ValueError, TypeError, AttributeError):
+        cash = 0.0
+    return cash if cash > 0 else DEFAULT_INITIAL_CASH
+
+
+def _trade_stats() -> str:
+    return f"""count() AS trades, countIf(pnl > 0) AS wins, countIf(pnl <= 0) AS losses,
+        if(trades > 0, wins / trades, NULL) AS win_rate, sum(pnl) AS total_pnl,
+        sumIf(pnl, pnl > 0) AS gross_win, sumIf(pnl, pnl <= 0) AS gross_loss,
+        if(gross_loss < 0, gross_win / abs(gross_loss), NULL) AS profit_factor"""
+
+
+def performance(client, run_id: str, database: str = DATABASE) -> dict:
+    """Overall metrics of a run (see the module docstring for definitions)."""
+    cash = initial_cash(client, run_id, database)
+    t = _one(client, f"""
+        SELECT {_trade_stats()},
+            avgIfOrNull(pnl, pnl > 0) AS avg_win, avgIfOrNull(return_pct, pnl > 0) AS avg_win_pct,
+            avgIfOrNull(pnl, pnl <= 0) AS avg_loss, avgIfOrNull(return_pct, pnl <= 0) AS avg_loss_pct,
+            avgOrNull(pnl) AS expectancy, minIfOrNull(pnl, pnl <= 0) AS max_loss_per_trade
+        {_f(database, 'trades')}""", run_id)
+    eq = f"(SELECT ts, equity, open_positions, exposure {_f(database, 'equity')})"
+    e = _one(client, f"""
+        SELECT count() AS minutes, uniqExact(toDate(ts, '{NY}')) AS trading_days,
+            if(minutes > 0, argMax(equity, ts), NULL) AS final_equity,
+            if(minutes > 0, countIf(open_positions > 0) / minutes, NULL) AS time_in_market,
+            avgIfOrNull(exposure / equity, equity != 0) AS avg_exposure_pct
+        FROM {eq}""", run_id)
+    dd = _one(client, f"""
+        SELECT maxOrNull(greatest(0., 1 - equity / greatest(peak, {{cash:Float64}}))) AS max_drawdown
+        FROM (SELECT equity, max(equity) OVER (ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                  AS peak FROM {eq})""", run_id, cash=cash)
+    sr = _one(client, f"""
+        SELECT count() AS days, avgOrNull(r) AS mean_daily_return,
+            if(days > 1, stddevSamp(r), NULL) AS std_daily_return,
+            if(days > 1 AND std_daily_return > 0, mean_daily_return / std_daily_return * sqrt(252), NULL)
+                AS sharpe
+        FROM (SELECT eq / lagInFrame(eq, 1, {{cash:Float64}}) OVER
+                  (ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) - 1 AS r
+              FROM (SELECT toDate(ts, '{NY}') AS day, argMax(equity, ts) AS eq FROM {eq} GROUP BY day))
+        """, run_id, cash=cash)
+    days = e.get("trading_days") or 0
+    final = e.get("final_equity")
+    return {
+        "run_id": run_id,
+        "trades": t["trades"], "trading_days": days,
+        "trades_per_day": t["trades"] / days if days else None,
+        "wins": t["wins"], "losses": t["losses"], "win_rate": t["win_rate"],
+        "avg_win": t["avg_win"], "avg_win_pct": t["avg_win_pct"],
+        "avg_loss": t["avg_loss"], "avg_loss_pct": t["avg_loss_pct"],
+        "profit_factor": t["profit_factor"], "expectancy": t["expectancy"],
+        "max_loss_per_trade": t["max_loss_per_trade"], "total_pnl": t["total_pnl"],
+        "initial_cash": cash, "final_equity": final,
+        "total_return": final / cash - 1 if final is not None else None,
+        "max_drawdown": dd.get("max_drawdown"),
+        "sharpe": sr.get("sharpe"), "mean_daily_return": sr.get("mean_daily_return"),
+        "std_daily_return": sr.get("std_daily_return"),
+        "exposure": e.get("time_in_market"), "avg_exposure_pct": e.get("avg_exposure_pct"),
+        "equity_minutes": e.get("minutes", 0),
+    }
+
+
+_GROUP = {"strategy": "strategy_id", "exit_reason": "exit_reason", "symbol": "symbol",
+          "day": f"toString(toDate(exit_time, '{NY}'))"}
+
+
+def breakdown(client, run_id: str, by: Literal["strategy", "exit_reason", "symbol", "day"],
+              database: str = DATABASE) -> list[dict]:
+    """Per group (ordered by key): trades, wins, win_rate, pnl, avg_return_pct,
+    profit_factor (plus gross_win/gross_loss)."""
+    if by not in _GROUP:
+        raise ValueError(f"breakdown by {by!r}: expected one of {', '.join(_GROUP)}")
+    rows = _rows(client, f"""
+        SELECT {_GROUP[by]} AS key, {_trade_stats()}, avg(return_pct) AS avg_return_pct
+        {_f(database, 'trades')} GROUP BY key ORDER BY key""", run_id)
+    for r in rows:
+        r["pnl"] = r.pop("total_pnl")
+    return rows
+
+
+def counts(client, run_id: str, database: str = DATABASE) -> dict:
+    """Rows per table of a run; rejections and dead letters also by reason."""
+    def n(table: str, cond: str = "1") -> str:
+        return f"(SELECT count() {_f(database, table)} AND {cond})"
+    c = _one(client, f"""
+        SELECT {n('bars')} AS bars, {n('signals', "filtered_reason = ''")} AS signals,
+            {n('signals', "filtered_reason != ''")} AS filtered_signals, {n('orders')} AS orders,
+            {n('fills')} AS fills, {n('trades')} AS trades, {n('equity')} AS equity_points,
+            {n('rejections')} AS rejections, {n('dead_letters')} AS dead_letters""", run_id)
+    for table in ("rejections", "dead_letters"):
+        rows = _rows(client, f"SELECT reason, count() AS n {_f(database, table)} GROUP BY reason ORDER BY reason",
+                     run_id)
+        c[f"{table}_by_reason"] = {r["reason"]: r["n"] for r in rows}
+    return c
+
+
+_EXPORTS: dict[str, tuple[list[str], str]] = {
+    "trades.csv": (TRADE_CSV_COLUMNS, f"""
+        SELECT run_id, symbol, strategy_id, qty, formatDateTime(entry_time, {ISO}), entry_price,
+            formatDateTime(exit_time, {ISO}), exit_price, exit_reason, pnl, return_pct
+        {{src}} ORDER BY exit_time, entry_time, symbol, strategy_id, trade_id"""),
+    "orders.csv": (["run_id", "order_id", "strategy", "symbol", "side", "qty", "decided_time",
+                    "decision_price", "intent"], f"""
+        SELECT run_id, order_id, strategy_id, symbol, side, qty, formatDateTime(decided_ts, {ISO}),
+            decision_price, intent
+        {{src}} ORDER BY decided_ts, symbol, strategy_id, order_id"""),
+    "fills.csv": (["run_id", "order_id", "strategy", "symbol", "side", "qty", "time", "price",
+                   "commission", "reason"], f"""
+        SELECT run_id, order_id, strategy_id, symbol, side, qty, formatDateTime(ts, {ISO}), price,
+            commission, reason
+        {{src}} ORDER BY ts, symbol, strategy_id, order_id"""),
+    "equity.csv": (["run_id", "time", "cash", "equity", "open_positions", "exposure"], f"""
+        SELECT run_id, formatDateTime(ts, {ISO}), cash, equity, open_positions, exposure
+        {{src}} ORDER BY ts"""),
+    "rejections.csv": (["run_id", "strategy", "symbol", "time", "reason", "price", "detail"], f"""
+        SELECT run_id, strategy_id, symbol, formatDateTime(ts, {ISO}), reason, price, detail
+        {{src}} ORDER BY ts, symbol, strategy_id, reason"""),
+}
+
+
+def export_csv(client, run_id: str, out_dir: str, database: str = DATABASE) -> dict[str, int]:
+    """Write trades/orders/fills/equity/rejections CSVs of a run into out_dir;
+    returns rows written per file. Floats keep full precision (repr)."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    for name, (header, sql) in _EXPORTS.items():
+        table = name[:-4]
+        rows = client.query(sql.format(src=_f(database, table)), parameters={"run_id": run_id}).result_rows
+        with open(os.path.join(out_dir, name), "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(header)
+            w.writerows([repr(v) if isinstance(v, float) else v for v in row] for row in rows)
+        written[name] = len(rows)
+    return written
+
+
+# ------------------------------------------------------------------ the text
+def _fmt(v: Any, kind: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if kind == "%":
+        return f"{v * 100:.2f}%"
+    if kind == "$":
+        return f"{v:,.2f}"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+_PERF = [("trades", "Trades", ""), ("trading_days", "Trading days", ""), ("trades_per_day", "Trades per day", ""),
+         ("win_rate", "Win rate", "%"), ("avg_win", "Average win $", "$"), ("avg_win_pct", "Average win %", "%"),
+         ("avg_loss", "Average loss $", "$"), ("avg_loss_pct", "Average loss %", "%"),
+         ("profit_factor", "Profit factor", ""), ("expectancy", "Expectancy $", "$"),
+         ("max_loss_per_trade", "Max loss per trade $", "$"), ("total_pnl", "Total P&L $", "$"),
+         ("initial_cash", "Initial cash $", "$"), ("final_equity", "Final equity $", "$"),
+         ("total_return", "Total return", "%"), ("max_drawdown", "Max drawdown", "%"),
+         ("sharpe", "Sharpe (daily, sqrt 252)", ""), ("exposure", "Exposure (time in market)", "%"),
+         ("avg_exposure_pct", "Avg exposure / equity", "%")]
+
+
+def format_report(perf: dict, breakdowns: dict[str, list[dict]], counts: dict) -> str:
+    """Plain-text report: performance, breakdowns (by name), row counts."""
+    out = [f"Run {perf.get('run_id', '')}".rstrip(), "",
+           _table(["Metric", "Value"], [[label, _fmt(perf.get(k), kind)] for k, label, kind in _PERF])]
+    for name, rows in breakdowns.items():
+        out += ["", f"By {name.replace('_', ' ')}",
+                _table([name, "trades", "win rate", "pnl $", "avg return", "profit factor"],
+                       [[str(r["key"]), str(r["trades"]), _fmt(r["win_rate"], "%"), _fmt(r["pnl"], "$"),
+                         _fmt(r["avg_return_pct"], "%"), _fmt(r["profit_factor"])] for r in rows])]
+    plain = [[k, str(v)] for k, v in counts.items() if not isinstance(v, dict)]
+    out += ["", "Rows", _table(["table", "rows"], plain)]
+    for k, v in counts.items():
+        if isinstance(v, dict) and v:
+            out += ["", k.replace("_", " ").capitalize(),
+                    _table(["reason", "rows"], [[r, str(n)] for r, n in v.items()])]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,73 @@
+"""`cuts`: the command line. Bad input stops with one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        print(f"cuts: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover trading on minute bars")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    bt = sub.add_parser("backtest", help="run the flow over a bar file with the simulated broker")
+    bt.add_argument("--bars", required=True, help="Parquet or CSV file of minute bars")
+    bt.add_argument("--config", help="trading configuration YAML (default config/trading.yaml)")
+    bt.add_argument("--run-id", help="run id (default: derived from the file and config)")
+    bt.add_argument("--clickhouse", help="chdb:///dir or http://host:8123 (default ./data/clickhouse)")
+    bt.add_argument("--out", help="also write trades.csv, orders.csv, ... to this directory")
+    bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
+    bt.add_argument("--quiet", action="store_true", help="no progress or report")
+
+    rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse")
+    rp.add_argument("--run-id", help="run id (default: the latest run)")
+    rp.add_argument("--clickhouse", help="chdb:///dir or http://host:8123")
+
+    gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
+    gen.add_argument("--symbols", type=_positive_int, required=True)
+    gen.add_argument("--days", type=_positive_int, required=True)
+    gen.add_argument("--seed", type=int, required=True)
+    gen.add_argument("--start", default="2024-01-02", help="first session date (YYYY-MM-DD)")
+    gen.add_argument("--out", required=True, help="output .parquet or .csv")
+
+    demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
+    demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
+    demo.add_argument("--symbols", type=_positive_int, default=31)
+    demo.add_argument("--days", type=_positive_int, default=20)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dataflows import commands  # heavy imports only after the arguments are valid
+
+    try:
+        return commands.dispatch(args)
+    except commands.USER_ERRORS as exc:
+        print(f"cuts: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("cuts: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""connectors.clickhouse: the pure mapping half, and the I/O half against a real
+embedded chDB.
+
+chDB opens one directory per process at a time, so this module shares one
+module-scoped directory (distinct run_ids per test) and closes its clients at
+teardown, leaving the process free for other modules' directories.
+"""
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from bytewax.dataflow import Dataflow
+import bytewax.operators as op
+from bytewax.testing import TestingSource, run_main
+
+from connectors import clickhouse as ch
+from operators.types import (Bar, DeadLetter, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Signal,
+                             SymbolOutput, Trade)
+
+T0 = 1704205860  # 2024-01-02T14:31:00Z
+
+EVENTS = {
+    "bars": [Bar("AAPL", T0, 10.0, 11.0, 9.5, 10.5, 1000.0, 12.0, 10.2), Bar("MSFT", T0, 1.0, 1.0, 1.0, 1.0, 0.0)],
+    "signals": [Signal("sma_5_15", "AAPL", "buy", T0, 10.5, 0.7, 0.02, 0.01, 2.0),
+                Signal("sma_5_15", "AAPL", "sell", T0 + 60, 10.4, 0.7, 0.02, 0.01, 2.0, "min_confidence")],
+    "orders": [Order("r-sma_5_15-AAPL-1704205860-entry", "sma_5_15", "AAPL", "buy", 10, T0, 10.5, "entry")],
+    "fills": [Fill("r-sma_5_15-AAPL-1704205860-entry", "sma_5_15", "AAPL", "buy", 10, T0 + 60, 10.501, 0.0,
+                   "entry")],
+    "trades": [Trade("t1", "AAPL", "sma_5_15", 10, T0 + 60, 10.501, T0 + 120, 10.7, "take_profit", 1.99,
+                     0.0189, 0.0)],
+    "equity": [EquityPoint(T0, 100000.0, 100000.0, 0, 0.0), EquityPoint(T0 + 60, 99894.99, 99999.99, 1, 105.0)],
+    "rejections": [Rejection("sma_5_15", "AAPL", T0, "max_positions", 10.5, "10 open")],
+    "dead_letters": [DeadLetter("AAPL", T0, "duplicate", "bars.csv:3", "{}"),
+                     DeadLetter("AAPL", T0, "duplicate", "bars.csv:4", "{}")],
+}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    c = ch.open_client("chdb://" + str(tmp_path_factory.mktemp("ch") / "db"))
+    ch.ensure_schema(c)
+    yield c
+    ch.close_clients()
+
+
+def final_count(client, table, run_id):
+    return client.command(f"SELECT count() FROM thousandcuts.{table} FINAL WHERE run_id = {{r:String}}",
+                          parameters={"r": run_id})
+
+
+# ------------------------------------------------------------- pure mapping
+@pytest.mark.parametrize("table", list(EVENTS))
+def test_mapping_keeps_every_event_field_as_a_column(table):
+    events = EVENTS[table]
+    cols = ch.to_columns(table, "run-1", events)
+    fields = [f.name for f in dataclasses.fields(events[0])]
+    assert set(cols) == {"run_id", *fields}
+    assert list(cols) == ch.column_names(table)
+    assert cols["run_id"] == ["run-1"] * len(events)
+    assert all(len(v) == len(events) for v in cols.values())
+
+
+def test_mapping_turns_epoch_seconds_into_millisecond_ticks():
+    assert ch.to_columns("bars", "r", EVENTS["bars"])["ts"] == [T0 * 1000, T0 * 1000]
+    trade = ch.to_columns("trades", "r", EVENTS["trades"])
+    assert (trade["entry_time"], trade["exit_time"]) == ([(T0 + 60) * 1000], [(T0 + 120) * 1000])
+
+
+def test_mapping_writes_passed_signals_with_empty_filtered_reason():
+    assert ch.to_columns("signals", "r", EVENTS["signals"])["filtered_reason"] == ["", "min_confidence"]
+
+
+def test_mapping_keeps_missing_optional_bar_fields_as_null():
+    cols = ch.to_columns("bars", "r", EVENTS["bars"])
+    assert cols["trade_count"] == [12.0, None] and cols["vwap"] == [10.2, None]
+
+
+def test_every_table_key_starts_with_run_id_and_replaces():
+    for table in ("runs", *ch.TABLES):
+        sql = ch.ddl(table)
+        assert "ENGINE = ReplacingMergeTree" in sql and "ORDER BY (run_id" in sql
+
+
+@pytest.mark.parametrize("dsn,expected", [
+    ("chdb:///abs/dir", "chdb:///abs/dir"),
+    ("/abs/dir", "chdb:///abs/dir"),
+    ("http://localhost:8123", "http://localhost:8123"),
+    ("https://h:8443/db", "https://h:8443/db"),
+])
+def test_dsn_normalises_to_absolute_chdb_url(dsn, expected):
+    assert ch.normalise_dsn(dsn) == expected
+
+
+def test_relative_chdb_dsn_resolves_against_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ch.normalise_dsn("chdb://./data/clickhouse") == f"chdb://{tmp_path}/data/clickhouse"
+    assert ch.normalise_dsn("data/clickhouse") == f"chdb://{tmp_path}/data/clickhouse"
+
+
+# --------------------------------------------------------------------- I/O
+def test_open_client_caches_one_client_per_normalised_dsn(client):
+    dsn = next(d for d in ch._clients if d.startswith("chdb:"))
+    assert ch.open_client(dsn) is client
+    assert ch.open_client(dsn[len("chdb://"):] + "/") is client  # bare path, trailing slash
+
+
+def test_second_chdb_directory_in_one_process_is_unavailable(client, tmp_path):
+    with pytest.raises(ch.ClickHouseUnavailable, match="one directory per process"):
+        ch.open_client(f"chdb://{tmp_path}/other")
+
+
+def test_directory_locked_by_another_process_is_unavailable(client):
+    dsn = next(d for d in ch._clients if d.startswith("chdb:"))
+    code = textwrap.dedent(f"""
+        from connectors import clickhouse as ch
+        try:
+            ch.open_client({dsn!r})
+        except ch.ClickHouseUnavailable as exc:
+            print("UNAVAILABLE", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=ch.__file__.rsplit("/connectors/", 1)[0]).stdout
+    assert out.startswith("UNAVAILABLE") and dsn in out and "\n" not in out.strip()
+
+
+def test_unreachable_server_is_unavailable():
+    with pytest.raises(ch.ClickHouseUnavailable, match="127.0.0.1:9"):
+        ch.open_client("http://127.0.0.1:9")
+
+
+def test_every_event_type_round_trips(client):
+    w = ch.ClickHouseWriter(client, "roundtrip")
+    for table, events in EVENTS.items():
+        w.add(table, events)
+    w.flush()
+    assert w.written == {t: len(e) for t, e in EVENTS.items()}
+    for table, events in EVENTS.items():
+        assert final_count(client, table, "roundtrip") == len(events)
+    row = client.query("SELECT formatDateTime(ts, '%Y-%m-%dT%H:%i:%SZ', 'UTC'), trade_count, vwap "
+                       "FROM thousandcuts.bars FINAL WHERE run_id = 'roundtrip' ORDER BY symbol").result_rows
+    assert row == [("2024-01-02T14:31:00Z", 12.0, 10.2), ("2024-01-02T14:31:00Z", None, None)]
+
+
+def test_replayed_rows_overwrite_not_duplicate(client):
+    for _ in range(2):  # at-least-once: the same outputs delivered twice
+        w = ch.ClickHouseWriter(client, "replay")
+        for table, events in EVENTS.items():
+            w.add(table, events)
+        w.flush()
+    for table, events in EVENTS.items():
+        assert final_count(client, table, "replay") == len(events), table
+
+
+def test_dead_letters_of_the_same_bar_from_different_sources_are_kept(client):
+    w = ch.ClickHouseWriter(client, "dead")
+    w.add("dead_letters", EVENTS["dead_letters"])
+    w.flush()
+    assert final_count(client, "dead_letters", "dead") == 2
+
+
+def test_writer_flushes_a_table_when_its_batch_is_full(client):
+    w = ch.ClickHouseWriter(client, "batch", batch_rows=2)
+    w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0) for i in range(3)])
+    assert w.written["equity"] == 3 and w.pending() == 0
+    w.add("equity", [EquityPoint(T0 + 600, 1.0, 1.0, 0, 0.0)])
+    assert w.written["equity"] == 3 and w.pending() == 1
+    w.flush()
+    assert w.written["equity"] == 4 and final_count(client, "equity", "batch") == 4
+
+
+def test_run_end_row_wins_over_start_row(client):
+    ch.record_run_start(client, "run-x", '{"risk": {"initial_cash": 5000}}', "backtest", now_ms=T0 * 1000)
+    ch.record_run_end(client, "run-x", 42, "finished", now_ms=T0 * 1000)  # same clock: version still rises
+    rows = client.query("SELECT config_json, mode, status, bar_count, toUnixTimestamp(started_at), "
+                        "toUnixTimestamp(finished_at) FROM thousandcuts.runs FINAL WHERE run_id = 'run-x'"
+                        ).result_rows
+    assert rows == [('{"risk": {"initial_cash": 5000}}', "backtest", "finished", 42, T0, T0)]
+
+
+def test_sink_writes_symbol_and_portfolio_outputs(client):
+    dsn = next(d for d in ch._clients if d.startswith("chdb:"))
+    items = [SymbolOutput(bars=EVENTS["bars"], signals={T0: EVENTS["signals"][:1]},
+                          filtered=EVENTS["signals"][1:], dead_letters=EVENTS["dead_letters"]),
+             PortfolioOutput(orders=EVENTS["orders"], fills=EVENTS["fills"], trades=EVENTS["trades"],
+                             rejections=EVENTS["rejections"], equity=EVENTS["equity"])]
+    flow = Dataflow("sink_test")
+    op.output("out", op.input("in", flow, TestingSource(items)), ch.ClickHouseSink(dsn, "sink"))
+    run_main(flow)
+    for table, events in EVENTS.items():
+        assert final_count(client, table, "sink") == len(events), table
