@@ -16,7 +16,7 @@ import pandas as pd
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators.ordering import END_OF_TIME, Chunk, Watermark
-from operators.types import Bar
+from operators.columnar import BarBlock
 
 REQUIRED = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 OPTIONAL = ("trade_count", "vwap")
@@ -37,6 +37,7 @@ class BarColumns:
     volume: np.ndarray
     trade_count: np.ndarray | None
     vwap: np.ndarray | None
+    codes: np.ndarray | None = None  # symbol codes (sorted symbol order), set by plan_emission
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -117,6 +118,7 @@ def plan_emission(cols: BarColumns) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     codes, _ = pd.factorize(cols.symbol, sort=True)
+    cols.codes = codes
     rev = pd.Series(cols.ts[::-1])
     sufmin = rev.groupby(codes[::-1]).cummin().to_numpy()[::-1]
     return np.lexsort((np.arange(n), codes, sufmin)), sufmin
@@ -142,18 +144,18 @@ class _FilePartition(StatefulSourcePartition):
         rows = self.rows[start:end]
         out = []
         if len(rows):
-            order = np.argsort(c.symbol[rows], kind="stable")
-            rows = rows[order]
-            syms = c.symbol[rows]
-            bounds = np.flatnonzero(syms[1:] != syms[:-1]) + 1
-            tc = c.trade_count[rows].tolist() if c.trade_count is not None else [None] * len(rows)
-            vw = c.vwap[rows].tolist() if c.vwap is not None else [None] * len(rows)
-            bars = list(map(Bar, syms.tolist(), c.ts[rows].tolist(), c.open[rows].tolist(),
-                            c.high[rows].tolist(), c.low[rows].tolist(), c.close[rows].tolist(),
-                            c.volume[rows].tolist(), tc, vw))
-            origins = rows.tolist()
-            for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(rows)]):
-                out.append(Chunk(self.partition, self.seq, bars[lo].symbol, bars[lo:hi], origins[lo:hi], self.prefix))
+            # group the block's rows by symbol, each symbol keeping its row order
+            rows = rows[np.argsort(c.codes[rows], kind="stable")]
+            codes = c.codes[rows]
+            bounds = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+            for lo, hi in zip([0, *bounds], [*bounds, len(rows)]):
+                r = rows[lo:hi]
+                block = BarBlock(
+                    c.symbol[r[0]], c.ts[r], c.open[r], c.high[r], c.low[r], c.close[r], c.volume[r],
+                    c.trade_count[r] if c.trade_count is not None else None,
+                    c.vwap[r] if c.vwap is not None else None,
+                )
+                out.append(Chunk(self.partition, self.seq, block.symbol, block, r, self.prefix))
                 self.seq += 1
         wm = int(self.sufmin[self.rows[end]]) if end < len(self.rows) else END_OF_TIME
         out.append(Watermark(self.partition, self.seq, wm))
@@ -180,8 +182,9 @@ class BarFileSource(FixedPartitionedSource):
         self.prefix = origin_prefix
         self.progress = progress
         order, self.sufmin = plan_emission(cols)
-        uniq = {s: partition_of(s, self.partitions) for s in pd.unique(cols.symbol)}
-        part = np.array([uniq[s] for s in cols.symbol[order]], dtype=np.int64) if len(order) else order
+        codes, uniques = pd.factorize(cols.symbol, sort=True)
+        part_of_code = np.array([partition_of(s, self.partitions) for s in uniques], dtype=np.int64)
+        part = part_of_code[codes[order]] if len(order) else order
         self.rows_by_part = {p: order[part == p] for p in range(self.partitions)}
 
     def partition_ids(self) -> list:

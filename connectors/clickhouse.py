@@ -118,6 +118,26 @@ def to_columns(table: str, run_id: str, events: list) -> dict[str, list]:
     return cols
 
 
+def bar_block_columns(run_id: str, block) -> dict[str, list]:
+    """The `bars` table's columns from an `operators.columnar.BarBlock`."""
+    n = len(block)
+    return {
+        "run_id": [run_id] * n, "symbol": [block.symbol] * n, "ts": (block.ts * 1000).tolist(),
+        "open": block.open.tolist(), "high": block.high.tolist(), "low": block.low.tolist(),
+        "close": block.close.tolist(), "volume": block.volume.tolist(),
+        "trade_count": _nullable(block.trade_count, n), "vwap": _nullable(block.vwap, n),
+    }
+
+
+def _nullable(values, n: int) -> list:
+    if values is None:
+        return [None] * n
+    out = values.tolist()
+    if any(v != v for v in out):  # NaN means absent
+        out = [None if v != v else v for v in out]
+    return out
+
+
 def ddl(table: str, database: str = DATABASE) -> str:
     """CREATE TABLE IF NOT EXISTS statement of one table."""
     if table == "runs":
@@ -227,7 +247,12 @@ class ClickHouseWriter:
     def add(self, table: str, events: list) -> None:
         if not events:
             return
-        cols = to_columns(table, self.run_id, events)
+        self.add_columns(table, to_columns(table, self.run_id, events))
+
+    def add_columns(self, table: str, cols: dict[str, list]) -> None:
+        """Buffer ready-made columns (as `to_columns` / `bar_block_columns` make)."""
+        if not cols["run_id"]:
+            return
         with self._lock:
             buf = self._buffers.get(table)
             if buf is None:
@@ -336,6 +361,8 @@ def write_output(writer: ClickHouseWriter, item) -> None:
     """Route one SymbolOutput / PortfolioOutput to its tables."""
     if isinstance(item, SymbolOutput):
         writer.add("bars", item.bars)
+        for block in item.blocks:
+            writer.add_columns("bars", bar_block_columns(writer.run_id, block))
         if item.signals:
             writer.add("signals", [s for sigs in item.signals.values() for s in sigs])
         writer.add("signals", item.filtered)
@@ -346,6 +373,7 @@ def write_output(writer: ClickHouseWriter, item) -> None:
         writer.add("trades", item.trades)
         writer.add("rejections", item.rejections)
         writer.add("equity", item.equity)
+        writer.add("dead_letters", item.dead_letters)
     else:
         raise TypeError(f"ClickHouseSink cannot write {type(item).__name__}")
 

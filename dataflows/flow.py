@@ -18,10 +18,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from operators.config import TradingConfig
-from operators.ordering import Chunk, PortfolioStage, SymbolResult
+from operators.columnar import BarBlock, ColumnarSymbolState, step_block
+from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
 from operators.portfolio import Portfolio
 from operators.signals import SignalRules
-from operators.symbol_stage import SymbolState, step_symbol
 from operators.types import SymbolOutput
 
 
@@ -32,14 +32,21 @@ class FlowSettings:
 
 
 class SymbolLogic(StatefulBatchLogic):
-    def __init__(self, rules: SignalRules, resume: SymbolState | None):
-        self.state = resume if resume is not None else SymbolState.new(rules)
+    """One symbol's validation, SMA windows and signals (columnar hot path)."""
+
+    def __init__(self, rules: SignalRules, resume: ColumnarSymbolState | None):
+        self.rules = rules
+        self.state = resume if resume is not None else ColumnarSymbolState()
 
     def on_batch(self, chunks):
         results = []
         for c in chunks:
             out = SymbolOutput()
-            step_symbol(self.state, c.bars, c.origins, c.origin_prefix, out)
+            bars = c.bars if isinstance(c.bars, BarBlock) else block_from_bars(c.bars)
+            if len(bars):
+                accepted = step_block(self.state, self.rules, bars, c.origins, c.origin_prefix, out)
+                if len(accepted):
+                    out.blocks.append(accepted)
             results.append(SymbolResult(c.partition, c.seq, out))
         return results, StatefulBatchLogic.RETAIN
 

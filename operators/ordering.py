@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from operators.columnar import BarBlock
 from operators.portfolio import Portfolio
 from operators.types import DeadLetter, PortfolioOutput, SymbolOutput
 
@@ -56,7 +59,7 @@ class PartitionCursor:
 class PortfolioStage:
     portfolio: Portfolio
     cursors: dict  # partition -> PartitionCursor; every source partition is known
-    buffer: list = field(default_factory=list)  # (ts, symbol, bar, signals) not yet applied
+    buffer: list = field(default_factory=list)  # (BarBlock, signals by ts) not yet applied
     applied_until: int = -1  # bars with ts < this were applied
 
     @classmethod
@@ -89,40 +92,67 @@ class PortfolioStage:
                 cur.watermark = item.ts
             return
         result = item.output
-        signals = result.signals
-        floor = self.applied_until
-        buf = self.buffer
-        for bar in result.bars:
-            if bar.ts < floor:
-                # The source broke its watermark promise: never apply out of order.
-                out.dead_letters.append(DeadLetter(
-                    bar.symbol, bar.ts, "late", f"partition {item.partition} seq {item.seq}", ""
-                ))
+        blocks = list(result.blocks)
+        if result.bars:
+            blocks.append(block_from_bars(result.bars))
+        for block in blocks:
+            if not len(block):
                 continue
-            buf.append((bar.ts, bar.symbol, bar, signals.get(bar.ts) if signals else None))
+            if block.ts[0] < self.applied_until:
+                # The source broke its watermark promise: never apply out of order.
+                late = block.ts < self.applied_until
+                for t in block.ts[late].tolist():
+                    out.dead_letters.append(DeadLetter(
+                        block.symbol, t, "late", f"partition {item.partition} seq {item.seq}", ""))
+                block = block.take(np.flatnonzero(~late))
+            self.buffer.append((block, result.signals))
 
     def _advance(self, watermark: int, out: PortfolioOutput) -> None:
         if watermark <= self.applied_until:
             return
         self.applied_until = watermark
-        buf = self.buffer
-        if not buf:
-            self.portfolio.close_minute(out)
-            return
-        if len(buf) > 1:
-            buf.sort(key=_order_key)
-        cut = len(buf)
-        if buf[-1][0] >= watermark:
-            cut = next(i for i, e in enumerate(buf) if e[0] >= watermark)
-        apply = self.portfolio.apply_bar
-        for i in range(cut):
-            e = buf[i]
-            apply(e[2], e[3], out)
-        out.applied_bars += cut
-        self.buffer = buf[cut:]
+        ready, keep = [], []
+        for block, signals in self.buffer:
+            # accepted bars of a symbol strictly increase in time
+            cut = int(np.searchsorted(block.ts, watermark, side="left"))
+            if cut == len(block):
+                ready.append((block, signals))
+            else:
+                if cut:
+                    ready.append((block.take(slice(0, cut)), signals))
+                keep.append((block.take(slice(cut, None)), signals))
+        self.buffer = keep
+        if ready:
+            self._apply_in_order(ready, out)
         # every minute below the watermark is complete
         self.portfolio.close_minute(out)
 
+    def _apply_in_order(self, ready: list, out: PortfolioOutput) -> None:
+        """Apply the ready bars of all symbols in (timestamp, symbol) order."""
+        symbols = sorted({b.symbol for b, _ in ready})
+        rank = {s: i for i, s in enumerate(symbols)}
+        ts = np.concatenate([b.ts for b, _ in ready])
+        ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
+        order = np.lexsort((ranks, ts))
+        cols = [np.concatenate([getattr(b, f) for b, _ in ready])[order].tolist()
+                for f in ("open", "high", "low", "close")]
+        sig_by_symbol = {}
+        for b, signals in ready:
+            if signals:
+                sig_by_symbol.setdefault(b.symbol, {}).update(signals)
+        apply = self.portfolio.apply
+        no_signals: dict = {}
+        for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
+            symbol = symbols[r]
+            apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
+        out.applied_bars += len(ts)
 
-def _order_key(entry):
-    return (entry[0], entry[1])
+
+def block_from_bars(bars: list) -> BarBlock:
+    """Columns of one symbol's bars (the bar-at-a-time path)."""
+    return BarBlock(
+        bars[0].symbol,
+        np.fromiter((b.ts for b in bars), dtype=np.int64, count=len(bars)),
+        *(np.fromiter((getattr(b, f) for b in bars), dtype=np.float64, count=len(bars))
+          for f in ("open", "high", "low", "close", "volume")),
+    )

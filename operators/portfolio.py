@@ -79,7 +79,8 @@ class Rules:
 class Portfolio:
     rules: Rules
     cash: float
-    positions: dict = field(default_factory=dict)  # (symbol, strategy) -> Position, by symbol
+    positions: dict = field(default_factory=dict)  # (symbol, strategy) -> Position
+    by_symbol: dict = field(default_factory=dict)  # symbol -> its Positions, configuration order
     pending: dict = field(default_factory=dict)  # symbol -> list[PendingOrder] for its next bar
     pending_entry_cash: float = 0.0  # qty * decision price of pending entries
     pending_entries: int = 0
@@ -121,81 +122,89 @@ class Portfolio:
     # -- the steps of section 4 -------------------------------------------
     def apply_bar(self, bar: Bar, signals, out: PortfolioOutput) -> None:
         """Apply one accepted bar with its (unfiltered-out) signals."""
-        ts = bar.ts
+        self.apply(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, signals, out)
+
+    def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
+              signals, out: PortfolioOutput) -> None:
+        """The steps of section 4 for one bar (scalars: this is the hot path)."""
         if ts != self.minute:
             self.close_minute(out)
             self.minute = ts
-        day = trading_day(ts)
-        if day != self.day:
-            self.day = day
-            self.start_of_day_equity = self.equity()
-            self.loss_streak = 0
-            self.day_halt = None
-        symbol = bar.symbol
+            day = trading_day(ts)
+            if day != self.day:
+                self.day = day
+                self.start_of_day_equity = self.equity()
+                self.loss_streak = 0
+                self.day_halt = None
         rules = self.rules
         self.bars_applied += 1
+        moved = False  # did equity change (a fill, or a held symbol's close)?
 
         # 1. orders queued at this symbol's previous bar fill at this open
-        queued = self.pending.pop(symbol, None)
+        queued = self.pending.pop(symbol, None) if self.pending else None
         if queued:
+            moved = True
             for po in queued:
                 if po.order.side == BUY:
-                    self._fill_entry(po, bar, out)
+                    self._fill_entry(po, ts, open_, out)
                 else:
-                    self._exit(self.positions[po.position_key], bar.open, ts, po.order.intent, po.order, out)
-        self.last_close[symbol] = bar.close
+                    self._exit(self.positions[po.position_key], open_, ts, po.order.intent, po.order, out)
+        self.last_close[symbol] = close
 
         # 2. exits of the symbol's open positions, in configuration order
-        held = [p for p in self.positions.values() if p.symbol == symbol] if self.positions else ()
-        if len(held) > 1:
-            held.sort(key=lambda p: rules.strategy_order[p.strategy_id])
-        sells = None
-        for p in held:
-            if p.exit_queued:
-                continue
-            stop_reason = "trailing_stop" if p.trailed else "stop_loss"
-            if bar.open <= p.stop_price:
-                self._exit_now(p, bar.open, ts, stop_reason, out)
-            elif bar.open >= p.target_price:
-                self._exit_now(p, bar.open, ts, "take_profit", out)
-            elif bar.low <= p.stop_price:
-                self._exit_now(p, p.stop_price, ts, stop_reason, out)
-            elif bar.high >= p.target_price:
-                self._exit_now(p, p.target_price, ts, "take_profit", out)
-            else:
-                if rules.trailing:
-                    if bar.high > p.hwm:
-                        p.hwm = bar.high
-                    if p.hwm >= p.entry_fill * (1 + rules.trailing_activation_pct):
-                        raised = p.hwm * (1 - rules.trailing_pct)
-                        if raised > p.stop_price:
-                            p.stop_price = raised
-                            p.trailed = True
-                if sells is None:
-                    sells = {s.strategy_id for s in signals if s.side == SELL} if signals else set()
-                if p.strategy_id in sells:
-                    self._queue_exit(p, bar, "signal", out)
-                elif (
-                    ts - p.entry_time >= rules.time_stop_s
-                    and abs(bar.close / p.entry_fill - 1) < rules.time_stop_min_move_pct
-                ):
-                    self._queue_exit(p, bar, "time_stop", out)
+        held = self.by_symbol.get(symbol)
+        if held:
+            moved = True
+            sells = None
+            for p in list(held):
+                if p.exit_queued:
+                    continue
+                stop_reason = "trailing_stop" if p.trailed else "stop_loss"
+                if open_ <= p.stop_price:
+                    self._exit_now(p, open_, ts, stop_reason, out)
+                elif open_ >= p.target_price:
+                    self._exit_now(p, open_, ts, "take_profit", out)
+                elif low <= p.stop_price:
+                    self._exit_now(p, p.stop_price, ts, stop_reason, out)
+                elif high >= p.target_price:
+                    self._exit_now(p, p.target_price, ts, "take_profit", out)
+                else:
+                    if rules.trailing:
+                        if high > p.hwm:
+                            p.hwm = high
+                        if p.hwm >= p.entry_fill * (1 + rules.trailing_activation_pct):
+                            raised = p.hwm * (1 - rules.trailing_pct)
+                            if raised > p.stop_price:
+                                p.stop_price = raised
+                                p.trailed = True
+                    if sells is None:
+                        sells = {s.strategy_id for s in signals if s.side == SELL} if signals else ()
+                    if p.strategy_id in sells:
+                        self._queue_exit(p, ts, close, "signal", out)
+                    elif (
+                        ts - p.entry_time >= rules.time_stop_s
+                        and abs(close / p.entry_fill - 1) < rules.time_stop_min_move_pct
+                    ):
+                        self._queue_exit(p, ts, close, "time_stop", out)
 
-        if self.day_halt is None and self.equity() <= self.start_of_day_equity * rules.drawdown_floor:
+        # Unchanged equity cannot newly breach the floor: skip the valuation.
+        if moved and self.day_halt is None and (
+            self.equity() <= self.start_of_day_equity * rules.drawdown_floor
+        ):
             self.day_halt = "daily_drawdown"
 
         # 3. BUY signals become pending entries through risk and sizing
         if signals:
             for s in signals:
                 if s.side == BUY:
-                    self._consider_entry(s, bar, out)
+                    self._consider_entry(s, symbol, ts, out)
 
     # -- entries -----------------------------------------------------------
-    def _consider_entry(self, sig, bar: Bar, out: PortfolioOutput) -> None:
-        key = (bar.symbol, sig.strategy_id)
+    def _consider_entry(self, sig, symbol: str, ts: int, out: PortfolioOutput) -> None:
+        key = (symbol, sig.strategy_id)
         if key in self.positions or self._entry_pending(key):
             return  # BUY when long does nothing
-        reason = self._risk_block(bar.symbol)
+        reason = self._risk_block(symbol)
         price = sig.price
         qty = 0
         if reason is None:
@@ -210,14 +219,14 @@ class Portfolio:
             if qty < 1:
                 reason = "size_zero"
         if reason is not None:
-            out.rejections.append(Rejection(sig.strategy_id, bar.symbol, bar.ts, reason, price))
+            out.rejections.append(Rejection(sig.strategy_id, symbol, ts, reason, price))
             return
         order = Order(
-            f"{sig.strategy_id}.{bar.symbol}.{bar.ts}.entry", sig.strategy_id, bar.symbol,
-            BUY, qty, bar.ts, price, "entry",
+            f"{sig.strategy_id}.{symbol}.{ts}.entry", sig.strategy_id, symbol,
+            BUY, qty, ts, price, "entry",
         )
         out.orders.append(order)
-        self.pending.setdefault(bar.symbol, []).append(PendingOrder(order, key))
+        self.pending.setdefault(symbol, []).append(PendingOrder(order, key))
         self.pending_entry_cash += qty * price
         self.pending_entries += 1
 
@@ -235,33 +244,38 @@ class Portfolio:
         r = self.rules
         if len(self.positions) + self.pending_entries >= r.max_positions:
             return "max_positions"
-        per_symbol = sum(1 for p in self.positions.values() if p.symbol == symbol)
+        per_symbol = len(self.by_symbol.get(symbol, ()))
         per_symbol += sum(1 for po in self.pending.get(symbol, ()) if po.order.side == BUY)
         if per_symbol >= r.max_positions_per_symbol:
             return "max_positions_per_symbol"
         return None
 
-    def _fill_entry(self, po: PendingOrder, bar: Bar, out: PortfolioOutput) -> None:
+    def _fill_entry(self, po: PendingOrder, ts: int, open_: float, out: PortfolioOutput) -> None:
         r = self.rules
         o = po.order
-        fill = bar.open * r.buy_slip
+        fill = open_ * r.buy_slip
         commission = o.qty * r.commission_per_share
         self.cash -= o.qty * fill + commission
         self.pending_entry_cash -= o.qty * o.decision_price
         self.pending_entries -= 1
         if self.pending_entries == 0:
             self.pending_entry_cash = 0.0  # no float residue once nothing is pending
-        self.positions[po.position_key] = Position(
-            o.symbol, o.strategy_id, o.qty, fill, bar.ts, commission,
+        position = Position(
+            o.symbol, o.strategy_id, o.qty, fill, ts, commission,
             fill * (1 - r.stop_loss_pct), fill * (1 + r.take_profit_pct), fill,
         )
-        out.fills.append(Fill(o.order_id, o.strategy_id, o.symbol, BUY, o.qty, bar.ts, fill, commission, "entry"))
+        self.positions[po.position_key] = position
+        held = self.by_symbol.setdefault(o.symbol, [])
+        held.append(position)
+        if len(held) > 1:  # exits run in configuration order
+            held.sort(key=lambda p: r.strategy_order[p.strategy_id])
+        out.fills.append(Fill(o.order_id, o.strategy_id, o.symbol, BUY, o.qty, ts, fill, commission, "entry"))
 
     # -- exits -------------------------------------------------------------
-    def _queue_exit(self, p: Position, bar: Bar, intent: str, out: PortfolioOutput) -> None:
+    def _queue_exit(self, p: Position, ts: int, close: float, intent: str, out: PortfolioOutput) -> None:
         order = Order(
-            f"{p.strategy_id}.{p.symbol}.{bar.ts}.exit", p.strategy_id, p.symbol,
-            SELL, p.qty, bar.ts, bar.close, intent,
+            f"{p.strategy_id}.{p.symbol}.{ts}.exit", p.strategy_id, p.symbol,
+            SELL, p.qty, ts, close, intent,
         )
         out.orders.append(order)
         p.exit_queued = True
@@ -283,6 +297,10 @@ class Portfolio:
         commission = p.qty * r.commission_per_share
         self.cash += p.qty * fill - commission
         del self.positions[(p.symbol, p.strategy_id)]
+        held = self.by_symbol[p.symbol]
+        held.remove(p)
+        if not held:
+            del self.by_symbol[p.symbol]
         out.fills.append(Fill(order.order_id, p.strategy_id, p.symbol, SELL, p.qty, ts, fill, commission, reason))
         total_commission = p.entry_commission + commission
         pnl = p.qty * (fill - p.entry_fill) - total_commission

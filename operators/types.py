@@ -121,7 +121,8 @@ class EquityPoint:
 class SymbolOutput:
     """What the per-symbol stage emits for one input chunk."""
 
-    bars: list = field(default_factory=list)  # accepted Bars in arrival order
+    bars: list = field(default_factory=list)  # accepted Bars in arrival order (bar-at-a-time path)
+    blocks: list = field(default_factory=list)  # accepted bars as columnar BarBlocks
     signals: dict = field(default_factory=dict)  # ts -> list[Signal] that passed filters
     filtered: list = field(default_factory=list)  # Signals dropped by filters
     dead_letters: list = field(default_factory=list)
