@@ -28,7 +28,7 @@ def operators_only(path: str) -> tuple[int, float]:
     from operators.ordering import Chunk, PortfolioStage, SymbolResult
     from operators.portfolio import Portfolio
     from operators.signals import SignalRules
-    from operators.symbol_stage import SymbolState, step_symbol
+    from operators.columnar import ColumnarSymbolState, step_block
     from operators.types import SymbolOutput
 
     cfg = TradingConfig()
@@ -51,9 +51,9 @@ def operators_only(path: str) -> tuple[int, float]:
         if isinstance(item, Chunk):
             state = states.get(item.symbol)
             if state is None:
-                state = states[item.symbol] = SymbolState.new(rules)
+                state = states[item.symbol] = ColumnarSymbolState()
             out = SymbolOutput()
-            step_symbol(state, item.bars, item.origins, item.origin_prefix, out)
+            out.blocks.append(step_block(state, rules, item.bars, item.origins, item.origin_prefix, out))
             batch.append(SymbolResult(item.partition, item.seq, out))
         else:
             batch.append(item)
