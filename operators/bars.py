@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from operators.types import Bar
 
-SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[./-][A-Z0-9]{1,3})?$")
+# Matched with fullmatch: `$` alone would also accept a trailing newline ("AAPL\n").
+SYMBOL_RE = re.compile(r"[A-Z][A-Z0-9]{0,5}(?:[./-][A-Z0-9]{1,3})?")
 
 # How many accepted minutes a symbol remembers to tell a duplicate from a late
 # bar. Both are ignored; this only names the reason. A trading day has 390
@@ -22,7 +23,7 @@ RECENT_MINUTES = 1440
 
 def bar_problem(bar: Bar) -> str | None:
     """The reason a bar is invalid, or None when it may be applied."""
-    if not isinstance(bar.symbol, str) or not SYMBOL_RE.match(bar.symbol):
+    if not isinstance(bar.symbol, str) or not SYMBOL_RE.fullmatch(bar.symbol):
         return "invalid_symbol"
     if bar.ts % 60:
         return "invalid_timestamp"  # minute bars start on the minute
