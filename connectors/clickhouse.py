@@ -379,12 +379,17 @@ def write_output(writer: ClickHouseWriter, item) -> None:
 
 
 class _SinkPartition(StatelessSinkPartition):
-    def __init__(self, writer: ClickHouseWriter):
+    def __init__(self, writer: ClickHouseWriter, flush_each_batch: bool):
         self.writer = writer
+        self.flush_each_batch = flush_each_batch
 
     def write_batch(self, items: Iterable) -> None:
         for item in items:
             write_output(self.writer, item)
+        if self.flush_each_batch:
+            # Durable before Bytewax can commit this epoch's snapshot: after a
+            # crash, everything older than the snapshot is already stored.
+            self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()  # the client stays open: close_clients() on the main thread
@@ -394,8 +399,11 @@ class ClickHouseSink(DynamicSink):
     """Bytewax sink of SymbolOutput / PortfolioOutput items; every worker of a
     process buffers through one shared ClickHouseWriter."""
 
-    def __init__(self, dsn: str, run_id: str, batch_rows: int = 20_000):
+    def __init__(self, dsn: str, run_id: str, batch_rows: int = 20_000,
+                 flush_each_batch: bool = False):
         self.dsn, self.run_id, self.batch_rows = dsn, run_id, batch_rows
+        self.flush_each_batch = flush_each_batch  # recovery and live runs
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
-        return _SinkPartition(shared_writer(self.dsn, self.run_id, self.batch_rows))
+        return _SinkPartition(shared_writer(self.dsn, self.run_id, self.batch_rows),
+                              self.flush_each_batch)

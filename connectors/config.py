@@ -44,3 +44,8 @@ def load_trading_config(path: str | None) -> TradingConfig:
 def clickhouse_dsn(cli_value: str | None) -> str:
     """--clickhouse, else CLICKHOUSE_DSN, else embedded chDB under ./data/clickhouse."""
     return cli_value or os.environ.get("CLICKHOUSE_DSN") or DEFAULT_CLICKHOUSE
+
+
+def kafka_bootstrap(cli_value: str | None) -> str | None:
+    """--kafka, else KAFKA_BOOTSTRAP, else None (the caller may start an embedded broker)."""
+    return cli_value or os.environ.get("KAFKA_BOOTSTRAP") or None

@@ -1,28 +1,13 @@
-"""Run the flow over a bar file with the simulated broker, into ClickHouse."""
+"""Backtests: a bar file, or a Kafka topic replayed from the beginning."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sys
 import time
-from dataclasses import dataclass
-
-from bytewax.testing import cluster_main, run_main
 
 from connectors.barfile import BarFileSource, read_bar_file
-from connectors.clickhouse import (
-    ClickHouseSink, clear_run, ensure_schema, open_client, record_run_end, record_run_start,
-)
-from dataflows.flow import FlowSettings, build_flow
+from dataflows.runner import RunResult, RunSpec, config_hash, execute
 from operators.config import TradingConfig
-
-
-@dataclass
-class BacktestResult:
-    run_id: str
-    bars_read: int
-    seconds: float
 
 
 def default_run_id(bars_path: str, config: TradingConfig) -> str:
@@ -53,34 +38,30 @@ class Progress:
 
 
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,
-                 workers: int = 1, show_progress: bool = True) -> BacktestResult:
+                 workers: int = 1, show_progress: bool = True,
+                 recovery_dir: str | None = None, snapshot_s: int = 10) -> RunResult:
     cols = read_bar_file(bars_path)
-    run_id = run_id or default_run_id(bars_path, config)
-    client = open_client(dsn)
-    ensure_schema(client)
-    clear_run(client, run_id)  # a fresh backtest replaces an older one of the same id
-    record_run_start(client, run_id, config.model_dump_json(), "backtest")
+    file_id = default_run_id(bars_path, config)
+    run_id = run_id or file_id
     progress = Progress(len(cols)) if show_progress else None
     source = BarFileSource(cols, partitions=workers, progress=progress)
-    flow = build_flow(FlowSettings(config, run_id), source, ClickHouseSink(dsn, run_id),
-                      source.partition_ids())
-    started = time.monotonic()
-    try:
-        if workers <= 1:
-            run_main(flow)
-        else:
-            cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    except BaseException:
-        record_run_end(client, run_id, len(cols), "failed")
-        raise
-    record_run_end(client, run_id, len(cols), "finished")
-    return BacktestResult(run_id, len(cols), time.monotonic() - started)
+    spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
+                   snapshot_s=snapshot_s, source_identity={"bars_file": file_id})
+    return execute(spec, source, source.partition_ids())
 
 
-def config_json(config: TradingConfig) -> str:
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True)
+def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_id: str | None,
+               workers: int = 1, recovery_dir: str | None = None, snapshot_s: int = 10,
+               show_progress: bool = True, addresses=None, process_id: int = 0,
+               live: bool = False, dead_letter_topic: str | None = None) -> RunResult:
+    """A topic through the flow: replay (bounded, from the beginning) or live (tail)."""
+    from connectors.kafka import KafkaBarSource, topic_identity
 
-
-def ensure_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    identity = topic_identity(bootstrap, topic)
+    mode = "live" if live else "replay"
+    run_id = run_id or f"{'live' if live else 'rp'}-{topic}-{identity[:8]}-{config_hash(config)[:6]}"
+    source = KafkaBarSource(bootstrap, topic, tail=live, dead_letter_topic=dead_letter_topic)
+    spec = RunSpec(config, dsn, run_id, mode, workers=workers, recovery_dir=recovery_dir,
+                   snapshot_s=snapshot_s, addresses=list(addresses or []), process_id=process_id,
+                   source_identity={"topic": topic, "topic_identity": identity})
+    return execute(spec, source, source.partition_ids(), show_progress=show_progress)

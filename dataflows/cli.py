@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -24,18 +25,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _recovery_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recovery-dir", help="turn on Bytewax recovery with snapshots in this directory")
+    p.add_argument("--snapshot-s", type=_positive_int, default=10,
+                   help="seconds between snapshots (with --recovery-dir; default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover trading on minute bars")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    bt = sub.add_parser("backtest", help="run the flow over a bar file with the simulated broker")
-    bt.add_argument("--bars", required=True, help="Parquet or CSV file of minute bars")
+    bt = sub.add_parser("backtest", help="run the flow over a bar file or a replayed topic")
+    src = bt.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bars", help="Parquet or CSV file of minute bars")
+    src.add_argument("--kafka", metavar="BOOTSTRAP", help="replay a bars topic from this broker")
+    bt.add_argument("--topic", default="bars", help="topic to replay (with --kafka)")
+    bt.add_argument("--from-beginning", action="store_true", default=True,
+                    help="replay from the first offset (the default; a recovery dir resumes)")
     bt.add_argument("--config", help="trading configuration YAML (default config/trading.yaml)")
     bt.add_argument("--run-id", help="run id (default: derived from the file and config)")
     bt.add_argument("--clickhouse", help="chdb:///dir or http://host:8123 (default ./data/clickhouse)")
     bt.add_argument("--out", help="also write trades.csv, orders.csv, ... to this directory")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
+    _recovery_args(bt)
+
+    run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker)")
+    run.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
+    run.add_argument("--topic", default="bars")
+    run.add_argument("--config")
+    run.add_argument("--run-id")
+    run.add_argument("--clickhouse")
+    run.add_argument("--workers", type=_positive_int, default=1, help="workers in this process")
+    run.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
+    run.add_argument("-a", "--addresses", default="",
+                     help="host:port of every process, ';'-separated, same order on all (multi-process)")
+    run.add_argument("--dead-letter-topic", default="bars.dead_letters")
+    _recovery_args(run)
+
+    pub = sub.add_parser("publish", help="play a bar file into a Kafka topic with event-time markers")
+    pub.add_argument("--bars", required=True)
+    pub.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
+    pub.add_argument("--topic", default="bars")
+    pub.add_argument("--partitions", type=_positive_int, default=1,
+                     help="partitions when the topic is created (an existing topic keeps its own)")
+    pub.add_argument("--speed", type=float, default=None,
+                     help="X times real time (default: as fast as possible)")
 
     rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse")
     rp.add_argument("--run-id", help="run id (default: the latest run)")
@@ -47,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, required=True)
     gen.add_argument("--start", default="2024-01-02", help="first session date (YYYY-MM-DD)")
     gen.add_argument("--out", required=True, help="output .parquet or .csv")
+
+    if importlib.util.find_spec("dataflows.live_commands") is not None:
+        from dataflows import live_commands
+
+        live_commands.register(sub)
 
     demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")

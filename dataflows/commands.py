@@ -1,16 +1,20 @@
 """What each `cuts` subcommand does; `cli` only parses arguments."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import sys
+import time
 
 from connectors import analytics
-from connectors.barfile import BarFileError
+from connectors.barfile import BarFileError, read_bar_file
 from connectors.clickhouse import ClickHouseUnavailable, close_clients, open_client
-from connectors.config import clickhouse_dsn, load_trading_config
-from dataflows.backtest import run_backtest
+from connectors.config import clickhouse_dsn, kafka_bootstrap, load_trading_config
+from connectors.kafka import KafkaConnectorError
+from dataflows.backtest import run_backtest, run_replay
+from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
-
 
 
 class UsageError(Exception):
@@ -18,32 +22,118 @@ class UsageError(Exception):
 
 
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
-USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError)
+USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
+               RecoveryMismatch)
+_LIVE = None
+if importlib.util.find_spec("dataflows.live_commands") is not None:
+    from dataflows import live_commands as _LIVE
+
+    USER_ERRORS = USER_ERRORS + tuple(_LIVE.USER_ERRORS)
 
 
 def dispatch(args) -> int:
     try:
-        return _COMMANDS[args.command](args)
+        if args.command in _COMMANDS:
+            return _COMMANDS[args.command](args)
+        return _LIVE.COMMANDS[args.command](args)
     finally:
         close_clients()  # on the main thread (closing from a worker thread hangs)
+
+
+def _finish(client, run_id: str, out: str | None, quiet: bool) -> None:
+    if out:
+        written = analytics.export_csv(client, run_id, out)
+        if not quiet:
+            print(f"wrote {', '.join(f'{k} ({v} rows)' for k, v in written.items())} to {out}",
+                  file=sys.stderr)
+    if not quiet:
+        print(_report(client, run_id))
 
 
 def cmd_backtest(args) -> int:
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
-                          show_progress=not args.quiet)
-    client = open_client(dsn)
-    if args.out:
-        written = analytics.export_csv(client, result.run_id, args.out)
-        if not args.quiet:
-            print(f"wrote {', '.join(f'{k} ({v} rows)' for k, v in written.items())} to {args.out}",
-                  file=sys.stderr)
-    rate = result.bars_read / max(result.seconds, 1e-9)
-    print(f"run {result.run_id}: {result.bars_read:,} bars in {result.seconds:.1f} s ({rate:,.0f} bars/s)")
-    if not args.quiet:
-        print(_report(client, result.run_id))
+    if args.bars:
+        result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
+                              show_progress=not args.quiet, recovery_dir=args.recovery_dir,
+                              snapshot_s=args.snapshot_s)
+    else:
+        result = run_replay(args.kafka, args.topic, config, dsn, args.run_id, workers=args.workers,
+                            recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
+                            show_progress=not args.quiet)
+    rate = result.bars / max(result.seconds, 1e-9)
+    resumed = " (resumed from the recovery directory)" if result.resumed else ""
+    print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
+          f"({rate:,.0f} bars/s){resumed}")
+    _finish(open_client(dsn), result.run_id, args.out, args.quiet)
     return 0
+
+
+def cmd_run(args) -> int:
+    bootstrap = kafka_bootstrap(args.kafka)
+    if bootstrap is None:
+        raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
+    addresses = [a for a in args.addresses.split(";") if a]
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    config = load_trading_config(args.config)
+    dsn = clickhouse_dsn(args.clickhouse)
+    print(f"live run on {bootstrap} topic {args.topic}: simulated broker (paper)", file=sys.stderr)
+    result = run_replay(bootstrap, args.topic, config, dsn, args.run_id, workers=args.workers,
+                        recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
+                        show_progress=True, addresses=addresses, process_id=args.process_id,
+                        live=True, dead_letter_topic=args.dead_letter_topic)
+    print(f"run {result.run_id} stopped after {result.bars:,} bars")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from connectors.kafka import BarProducer, ensure_topic, iso_times, publish_columns, publish_plan
+
+    bootstrap = kafka_bootstrap(args.kafka)
+    if bootstrap is None:
+        raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
+    if args.speed is not None and args.speed <= 0:
+        raise UsageError(f"--speed must be above 0: {args.speed}")
+    cols = read_bar_file(args.bars)
+    partitions = ensure_topic(bootstrap, args.topic, args.partitions)
+    if partitions != args.partitions:
+        print(f"topic {args.topic} exists with {partitions} partitions; publishing into those",
+              file=sys.stderr)
+    started = time.monotonic()
+    with BarProducer(bootstrap, args.topic) as producer:
+        if args.speed is None:
+            bars, markers = publish_columns(producer, cols, progress=_publish_progress(started))
+        else:
+            bars = markers = 0
+            iso = iso_times(cols.ts)
+            first = None
+            for step in publish_plan(cols, producer.partitions):
+                # a marker for watermark W is due when minute W - 60 ends, at X times real time
+                first = step.watermark if first is None else first
+                due = started + (step.watermark - first) / args.speed
+                time.sleep(max(0.0, due - time.monotonic()))
+                bars += producer.send_rows(cols, step.rows, iso)
+                producer.send_watermark(step.watermark)
+                producer.flush()
+                markers += len(step.partitions)
+                _publish_progress(started)(bars, len(cols))
+    print(f"published {bars:,} bars and {markers:,} event-time markers to {args.topic} "
+          f"({partitions} partitions) in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _publish_progress(started: float):
+    state = {"last": 0.0}
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - state["last"] >= 0.5 or done >= total:
+            state["last"] = now
+            rate = done / max(now - started, 1e-9)
+            print(f"\rpublished {done:,}/{total:,} bars ({rate:,.0f}/s)",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+    return show
 
 
 def cmd_report(args) -> int:
@@ -75,6 +165,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """Generated market -> the real producer code -> Kafka -> the flow -> ClickHouse -> report."""
+    from connectors.embedded_kafka import EmbeddedKafka
     from connectors.synthetic import generate_bars, write_bars
 
     os.makedirs(args.dir, exist_ok=True)
@@ -83,19 +175,33 @@ def cmd_demo(args) -> int:
         print(f"generating {args.symbols} symbols x {args.days} days of minute bars -> {bars}")
         write_bars(generate_bars(args.symbols, args.days, seed=7), bars)
     dsn = "chdb://" + os.path.abspath(os.path.join(args.dir, "clickhouse"))
-    config = load_trading_config(None)
-    result = run_backtest(bars, config, dsn)
-    client = open_client(dsn)
-    analytics.export_csv(client, result.run_id, os.path.join(args.dir, "out"))
-    rate = result.bars_read / max(result.seconds, 1e-9)
-    print(f"run {result.run_id}: {result.bars_read:,} bars in {result.seconds:.1f} s ({rate:,.0f} bars/s)")
-    print(_report(client, result.run_id))
+    bootstrap = kafka_bootstrap(None)
+    with contextlib.ExitStack() as stack:
+        if bootstrap is None:
+            broker = stack.enter_context(EmbeddedKafka(log_path=os.path.join(args.dir, "tansu.log")))
+            bootstrap = broker.bootstrap
+            print(f"embedded Kafka (Tansu) on {bootstrap}")
+        topic = f"demo-bars-{int(time.time())}"
+        publish = _Args(bars=bars, kafka=bootstrap, topic=topic, partitions=3, speed=None)
+        cmd_publish(publish)
+        result = run_replay(bootstrap, topic, load_trading_config(None), dsn, "demo", workers=1)
+    rate = result.bars / max(result.seconds, 1e-9)
+    print(f"run {result.run_id}: {result.bars:,} bars from Kafka in {result.seconds:.1f} s "
+          f"({rate:,.0f} bars/s)")
+    _finish(open_client(dsn), result.run_id, os.path.join(args.dir, "out"), False)
     print(f"\nCSV files in {os.path.join(args.dir, 'out')}; ClickHouse data in {dsn}")
     return 0
 
 
+class _Args:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
 _COMMANDS = {
     "backtest": cmd_backtest,
+    "run": cmd_run,
+    "publish": cmd_publish,
     "report": cmd_report,
     "generate": cmd_generate,
     "demo": cmd_demo,

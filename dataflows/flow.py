@@ -41,9 +41,9 @@ class SymbolLogic(StatefulBatchLogic):
     def on_batch(self, chunks):
         results = []
         for c in chunks:
-            out = SymbolOutput()
-            bars = c.bars if isinstance(c.bars, BarBlock) else block_from_bars(c.bars)
-            if len(bars):
+            out = SymbolOutput(dead_letters=list(c.dead_letters))  # decided at the source
+            if len(c.bars):
+                bars = c.bars if isinstance(c.bars, BarBlock) else block_from_bars(c.bars)
                 accepted = step_block(self.state, self.rules, bars, c.origins, c.origin_prefix, out)
                 if len(accepted):
                     out.blocks.append(accepted)

@@ -32,6 +32,10 @@ class Chunk:
     bars: list
     origins: list  # per bar: row number or offset, for dead letters
     origin_prefix: str
+    # DeadLetters the source already decided (a Kafka partition's `late` bars
+    # behind its watermark, `undecodable` records): not in `bars`; the symbol
+    # stage passes them on to its output unchanged.
+    dead_letters: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
