@@ -72,12 +72,10 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from connectors.barfile import plan_emission
-
 from operators.columnar import BarBlock
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.symbol_stage import bar_payload
 from operators.types import Bar, DeadLetter
-
 
 MINUTE = 60
 

@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dataflows import commands  # heavy imports only after the arguments are valid
@@ -103,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         return commands.dispatch(args)
     except commands.USER_ERRORS as exc:
         print(f"cuts: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        # Bytewax wraps what a worker raised: a user error inside is still one line.
+        cause = _user_error_inside(exc, commands.USER_ERRORS)
+        if cause is None:
+            raise
+        print(f"cuts: error: {cause}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("cuts: interrupted", file=sys.stderr)

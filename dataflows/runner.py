@@ -64,7 +64,8 @@ class BarsWrittenProgress:
         while not self.stop.wait(1.0):
             n = self.writer.written.get("bars", 0)
             rate = n / max(time.monotonic() - started, 1e-9)
-            print(f"\rbars stored {n:,} ({rate:,.0f} bars/s)", end="", file=self.stream, flush=True)
+            end = "" if self.stream.isatty() else "\n"  # one line a second in logs
+            print(f"\rbars stored {n:,} ({rate:,.0f} bars/s)", end=end, file=self.stream, flush=True)
 
     def __enter__(self):
         self.thread.start()
