@@ -49,3 +49,27 @@ def clickhouse_dsn(cli_value: str | None) -> str:
 def kafka_bootstrap(cli_value: str | None) -> str | None:
     """--kafka, else KAFKA_BOOTSTRAP, else None (the caller may start an embedded broker)."""
     return cli_value or os.environ.get("KAFKA_BOOTSTRAP") or None
+
+
+def alpaca_credentials() -> tuple[str, str]:
+    """(ALPACA_API_KEY, ALPACA_SECRET_KEY); a missing one stops with one line."""
+    key = os.environ.get("ALPACA_API_KEY", "").strip()
+    secret = os.environ.get("ALPACA_SECRET_KEY", "").strip()
+    missing = [name for name, value in (("ALPACA_API_KEY", key), ("ALPACA_SECRET_KEY", secret))
+               if not value]
+    if missing:
+        raise ConfigError(f"Alpaca credentials missing: set {' and '.join(missing)} in the environment")
+    return key, secret
+
+
+def alpaca_urls() -> tuple[str | None, str | None]:
+    """Optional overrides (stream base URL, market-data REST base URL) from
+    ALPACA_DATA_WS_URL (e.g. wss://stream.data.alpaca.markets, without the
+    /v2/<feed> path) and ALPACA_DATA_URL (e.g. https://data.alpaca.markets);
+    None means Alpaca's own."""
+    return (os.environ.get("ALPACA_DATA_WS_URL") or None, os.environ.get("ALPACA_DATA_URL") or None)
+
+
+def alpaca_feed(cli_value: str | None) -> str | None:
+    """--feed, else ALPACA_FEED, else None (the config file's stream.feed)."""
+    return cli_value or os.environ.get("ALPACA_FEED") or None
