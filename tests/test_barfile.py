@@ -1,0 +1,110 @@
+"""Bar files: Alpaca's bar columns in Parquet or CSV; naive timestamps are
+UTC; volume may be fractional; trade_count and vwap are optional; a
+malformed file is a one-line error; the emission plan keeps each symbol's
+row order and its watermarks hold."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectors.barfile import BarFileError, BarFileSource, plan_emission, read_bar_file
+from operators.ordering import END_OF_TIME, Chunk, Watermark
+
+
+def frame(**over):
+    df = pd.DataFrame({
+        "symbol": ["AAA", "BBB", "AAA"],
+        "timestamp": ["2024-01-02T14:30:00Z", "2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"],
+        "open": [10.0, 20.0, 10.5], "high": [11.0, 21.0, 11.0], "low": [9.5, 19.5, 10.0],
+        "close": [10.5, 20.5, 10.8], "volume": [100.5, 200.25, 3.0],
+    })
+    for k, v in over.items():
+        df[k] = v
+    return df
+
+
+def test_naive_and_zoned_timestamps_mean_the_same_utc_minute(tmp_path):
+    zoned = frame(timestamp=["2024-01-02T09:30:00-05:00", "2024-01-02T14:30:00+00:00", "2024-01-02T14:31:00Z"])
+    naive = frame(timestamp=pd.to_datetime(["2024-01-02 14:30", "2024-01-02 14:30", "2024-01-02 14:31"]))
+    zoned.to_csv(tmp_path / "z.csv", index=False)
+    naive.to_parquet(tmp_path / "n.parquet")
+    a, b = read_bar_file(str(tmp_path / "z.csv")), read_bar_file(str(tmp_path / "n.parquet"))
+    assert a.ts.tolist() == b.ts.tolist() == [1704205800, 1704205800, 1704205860]
+
+
+def test_fractional_volume_and_optional_columns(tmp_path):
+    frame().to_parquet(tmp_path / "a.parquet")
+    cols = read_bar_file(str(tmp_path / "a.parquet"))
+    assert cols.volume.tolist() == [100.5, 200.25, 3.0]
+    assert cols.trade_count is None and cols.vwap is None
+    frame(trade_count=[1, 2, 3], vwap=[10.2, 20.1, 10.6]).to_csv(tmp_path / "b.csv", index=False)
+    cols = read_bar_file(str(tmp_path / "b.csv"))
+    assert cols.trade_count.tolist() == [1, 2, 3] and cols.vwap.tolist() == [10.2, 20.1, 10.6]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: frame().drop(columns=["close"]).to_csv(p, index=False), "missing column(s) close"),
+    (lambda p: frame(open=["x", "1", "2"]).to_csv(p, index=False), "column open row 0: not a number"),
+    (lambda p: frame(timestamp=["yesterday", "2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"]).to_csv(p, index=False),
+     "column timestamp"),
+    (lambda p: open(p, "w").write("\x00\x01garbage"), "cannot read"),
+])
+def test_malformed_file_is_a_one_line_error(tmp_path, make, message):
+    path = tmp_path / ("bad.parquet" if "cannot" in message else "bad.csv")
+    make(str(path))
+    with pytest.raises(BarFileError) as err:
+        read_bar_file(str(path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unsupported_extension_and_missing_file(tmp_path):
+    (tmp_path / "bars.json").write_text("{}")
+    with pytest.raises(BarFileError, match="unsupported"):
+        read_bar_file(str(tmp_path / "bars.json"))
+    with pytest.raises(BarFileError, match="not found"):
+        read_bar_file(str(tmp_path / "nope.csv"))
+
+
+def test_alpaca_multiindex_frame_is_accepted(tmp_path):
+    df = frame()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    df.set_index(["symbol", "timestamp"]).to_parquet(tmp_path / "mi.parquet")
+    assert len(read_bar_file(str(tmp_path / "mi.parquet"))) == 3
+
+
+def test_emission_keeps_each_symbols_row_order_and_watermarks_hold(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = []
+    for sym in ("AAA", "BBB", "CCC"):
+        ts = 1704205800 + 60 * np.arange(40)
+        ts[rng.integers(0, 40, 5)] -= 60 * rng.integers(1, 10, 5)  # some late rows
+        rows += [(sym, t) for t in ts]
+    df = pd.DataFrame(rows, columns=["symbol", "ts"]).sample(frac=1, random_state=1)
+    df = df.sort_values("symbol", kind="stable")  # by symbol, like alpaca-py's frames
+    full = pd.DataFrame({"symbol": df.symbol, "timestamp": pd.to_datetime(df.ts, unit="s", utc=True),
+                         "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0})
+    full.to_parquet(tmp_path / "x.parquet")
+    cols = read_bar_file(str(tmp_path / "x.parquet"))
+    src = BarFileSource(cols, partitions=2, block_rows=7)
+    for p in src.partition_ids():
+        part = src.build_part("s", str(p), None)
+        seen_rows, watermark, seqs = {}, -1, []
+        try:
+            while True:
+                for item in part.next_batch():
+                    seqs.append(item.seq)
+                    if isinstance(item, Watermark):
+                        assert item.ts >= watermark
+                        watermark = item.ts
+                    else:
+                        assert isinstance(item, Chunk)
+                        assert (item.bars.ts >= watermark).all(), "a row came behind its watermark"
+                        seen_rows.setdefault(item.symbol, []).extend(item.origins.tolist())
+        except StopIteration:
+            pass
+        assert watermark == END_OF_TIME and seqs == list(range(len(seqs)))
+        for sym, got in seen_rows.items():
+            assert got == sorted(got), f"{sym} rows out of file order"
+    order, _ = plan_emission(cols)
+    assert sorted(order.tolist()) == list(range(len(cols)))
