@@ -73,3 +73,21 @@ def alpaca_urls() -> tuple[str | None, str | None]:
 def alpaca_feed(cli_value: str | None) -> str | None:
     """--feed, else ALPACA_FEED, else None (the config file's stream.feed)."""
     return cli_value or os.environ.get("ALPACA_FEED") or None
+
+
+class LiveTradingRefused(ConfigError):
+    """Live trading was asked for without every required switch."""
+
+
+def trading_mode(live_flag: bool) -> str:
+    """'paper' unless both --live and ALPACA_PAPER=false: a live account needs
+    two deliberate switches, never one by accident."""
+    paper_env = os.environ.get("ALPACA_PAPER", "true").strip().lower()
+    if paper_env not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"ALPACA_PAPER must be true or false, not {paper_env!r}")
+    paper = paper_env in ("true", "1", "yes")
+    if live_flag and paper:
+        raise LiveTradingRefused("--live needs ALPACA_PAPER=false as well; refusing to guess")
+    if not live_flag and not paper:
+        raise LiveTradingRefused("ALPACA_PAPER=false needs --live as well; refusing to guess")
+    return "live" if live_flag else "paper"
