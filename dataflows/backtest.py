@@ -29,12 +29,15 @@ class Progress:
     def __call__(self, partition: int, rows: int) -> None:
         self.done += rows
         now = time.monotonic()
-        if now - self.last >= 0.5 or self.done >= self.total:
+        tty = self.stream.isatty()
+        if now - self.last >= (0.5 if tty else 2.0) or self.done >= self.total:
             self.last = now
             rate = self.done / max(now - self.started, 1e-9)
             pct = 100.0 * self.done / max(self.total, 1)
+            # a live line on a terminal, whole lines in logs
+            end = "" if tty and self.done < self.total else "\n"
             print(f"\rbars {self.done:,}/{self.total:,} ({pct:5.1f}%) {rate:,.0f} bars/s",
-                  end="" if self.done < self.total else "\n", file=self.stream, flush=True)
+                  end=end, file=self.stream, flush=True)
 
 
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,

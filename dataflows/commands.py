@@ -128,11 +128,13 @@ def _publish_progress(started: float):
 
     def show(done: int, total: int) -> None:
         now = time.monotonic()
-        if now - state["last"] >= 0.5 or done >= total:
+        tty = sys.stderr.isatty()
+        if now - state["last"] >= (0.5 if tty else 2.0) or done >= total:
             state["last"] = now
             rate = done / max(now - started, 1e-9)
-            print(f"\rpublished {done:,}/{total:,} bars ({rate:,.0f}/s)",
-                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+            end = "" if tty and done < total else "\n"
+            print(f"\rpublished {done:,}/{total:,} bars ({rate:,.0f}/s)", end=end,
+                  file=sys.stderr, flush=True)
     return show
 
 
