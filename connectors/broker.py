@@ -105,10 +105,20 @@ class BrokerRejected(BrokerError):
 
 
 def _error_code(exc: APIError) -> int | None:
+    """Alpaca's numeric error code; None when the body has none (a gateway's
+    error page, say): alpaca-py parses the body lazily and raises then."""
     try:
         return int(exc.code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError, AttributeError):
         return None
+
+
+def _error_message(exc: APIError) -> str:
+    try:
+        message = exc.message
+    except (TypeError, ValueError, KeyError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else str(exc).splitlines()[0][:200]
 
 
 # ---------------------------------------------------------------- I/O half
@@ -139,7 +149,7 @@ class AlpacaBroker:
                 return Submitted(str(existing.id), cid, str(existing.status.value), adopted=True)
             if status in RETRIABLE_STATUS:
                 raise BrokerRetriable(f"broker unavailable for {cid} (HTTP {status})") from None
-            raise BrokerRejected(status, code, exc.message if isinstance(exc.message, str) else str(exc)) from None
+            raise BrokerRejected(status, code, _error_message(exc)) from None
 
     def submit_order(self, order: Order) -> Submitted:
         return self.submit(to_order_request(self.run_id, order))

@@ -9,9 +9,12 @@ with ``url_override=``:
 * historical market data (``StockHistoricalDataClient(..., url_override=server.rest_url)``):
   ``GET /v2/stocks/bars`` with paging by opaque ``next_page_token``;
 * trading API (``TradingClient(..., url_override=server.trading_url)``): ``/v2/account``,
-  ``/v2/clock``, ``/v2/calendar`` for now. Orders, positions and the trade-updates stream
-  plug in through :meth:`AlpacaServer.add_route` / :meth:`AlpacaServer.add_ws_route` (see
-  ``_install_trading_routes``).
+  ``/v2/clock``, ``/v2/calendar`` always; with ``AlpacaServer(trading=True)`` (or
+  ``enable_trading()``) also orders, positions, an account moved by fills and the trade-updates
+  stream (``TradingStream(..., url_override=server.trading_stream_url)``), with controls for
+  fills (``fill``, ``fill_on_bar``, ``set_auto_fill``), rejections (``reject_next_orders``,
+  ``reject_order``) and stream drops (``drop_trading_streams``); see ``alpaca_trading.py``.
+  (Opt-in only because an older test asserts ``GET /v2/orders`` is 404 by default.)
 
 Everything runs in background threads of the test process: one asyncio loop thread for the
 websocket server, one thread for the (stdlib) HTTP server, each on a free 127.0.0.1 port.
@@ -46,6 +49,11 @@ from zoneinfo import ZoneInfo
 import msgpack
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
+
+try:
+    from alpaca_trading import TradingMixin
+except ImportError:  # imported as part of a package
+    from .alpaca_trading import TradingMixin  # type: ignore[no-redef]
 
 __all__ = [
     "AlpacaServer",
@@ -323,8 +331,8 @@ def _unb64(s: str) -> str:
 # --------------------------------------------------------------------------- the server
 
 
-class AlpacaServer:
-    """Local Alpaca: market-data websocket + historical REST + (minimal) trading REST.
+class AlpacaServer(TradingMixin):
+    """Local Alpaca: market-data websocket + historical REST + trading REST and stream.
 
     Args:
         key, secret: credentials accepted on the stream (``auth`` message) and on REST
@@ -339,6 +347,8 @@ class AlpacaServer:
         auth_timeout: seconds a client has to authenticate before 404 "auth timeout" + close.
         now: fixed "current time" (for the clock and the default bars start/end); default is
             the wall clock. See ``set_now``.
+        trading: serve orders / positions / ``/stream`` (see ``alpaca_trading.TradingMixin``);
+            same as calling ``enable_trading()``.
     """
 
     def __init__(
@@ -352,6 +362,7 @@ class AlpacaServer:
         auth_timeout: float = 10.0,
         now: Optional[dt.datetime] = None,
         host: str = "127.0.0.1",
+        trading: bool = False,
     ) -> None:
         self.key = key
         self.secret = secret
@@ -386,8 +397,11 @@ class AlpacaServer:
         # routes (extension points)
         self._http_routes: list[tuple] = []     # (method, regex, handler, api)
         self._ws_routes: list[tuple] = []       # (regex, coroutine handler(conn, ws))
+        self._init_trading()
         self._install_data_routes()
         self._install_trading_routes()
+        if trading:
+            self.enable_trading()
 
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[threading.Thread] = None
@@ -513,7 +527,8 @@ class AlpacaServer:
 
     @property
     def trading_stream_url(self) -> str:
-        """Trade-updates websocket (``TradingStream(url_override=...)``); not served yet."""
+        """Trade-updates websocket (``TradingStream(url_override=...)``); served once trading
+        is enabled."""
         return f"{self.ws_base_url}/stream"
 
     # ------------------------------------------------------------------ time
@@ -745,8 +760,19 @@ class AlpacaServer:
     # ------------------------------------------------------------------ trading controls
 
     def update_account(self, **fields: Any) -> None:
+        """Set account fields (strings, as Alpaca sends them). With trading enabled, a derived
+        field set here (equity, buying_power, ...) stays pinned at that value until set to None
+        (which releases it), and the others are recomputed (e.g. from a new ``cash``)."""
         with self._lock:
-            self.account.update(fields)
+            for k, v in fields.items():
+                if v is None:
+                    self._pinned_account.discard(k)
+                else:
+                    self.account[k] = v
+                    if k != "cash":
+                        self._pinned_account.add(k)
+            if self.trading_enabled:
+                self._recompute_account()
 
     def set_calendar(self, days: Optional[list]) -> None:
         """Replace the trading calendar: list of {"date": "YYYY-MM-DD", "open": "HH:MM",
@@ -1011,12 +1037,9 @@ class AlpacaServer:
         self.add_ws_route(r"/v2/[A-Za-z_]+", AlpacaServer._market_data_stream)
 
     def _install_trading_routes(self) -> None:
-        """Trading API. Extension point: register more with ``add_route`` (api="trading"):
-        POST/GET/DELETE /v2/orders, GET /v2/orders/{id}, GET/DELETE /v2/positions, ...; and
-        the trade-updates stream with ``add_ws_route(r"/stream", handler)`` (JSON frames:
-        {"action":"authenticate","data":{"key_id","secret_key"}} -> {"stream":"authorization",
-        "data":{"status":"authorized","action":"authenticate"}}; {"action":"listen",...} ->
-        {"stream":"listening",...}; then {"stream":"trade_updates","data":{...}})."""
+        """Trading API: account, clock, calendar. Orders, positions and ``/stream`` are added
+        by ``enable_trading()`` (alpaca_trading.py); more routes can be registered with
+        ``add_route`` (api="trading") / ``add_ws_route``."""
         self.add_route("GET", r"/v2/account", _route_account)
         self.add_route("GET", r"/v2/clock", _route_clock)
         self.add_route("GET", r"/v2/calendar", _route_calendar)

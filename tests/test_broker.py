@@ -2,6 +2,9 @@
 protective OCO prices rounded toward the entry, and the paper/live gate."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
 
@@ -80,3 +83,80 @@ def test_one_switch_alone_is_refused(monkeypatch, live, env):
         monkeypatch.setenv("ALPACA_PAPER", env)
     with pytest.raises(LiveTradingRefused):
         trading_mode(live)
+
+
+# -- the submitting half, against the local Alpaca server with the real TradingClient --
+from alpaca.trading.client import TradingClient  # noqa: E402
+
+from connectors.broker import AlpacaBroker, BrokerRejected, BrokerRetriable  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the local Alpaca server lives beside the tests
+
+
+@pytest.fixture
+def server():
+    from alpaca_server import AlpacaServer
+
+    with AlpacaServer(trading=True) as srv:
+        yield srv
+
+
+def broker_for(server) -> AlpacaBroker:
+    client = TradingClient(server.key, server.secret, paper=True, url_override=server.trading_url)
+    client._retry_wait = 0  # alpaca-py sleeps 3 s between its own 429/504 retries
+    return AlpacaBroker(client, "run1")
+
+
+def test_submit_places_one_order_with_the_deterministic_client_order_id(server):
+    placed = broker_for(server).submit_order(entry())
+    assert not placed.adopted and placed.client_order_id == "run1.sma_5_15.AAPL.1704207300.entry"
+    assert len(server.order_posts(placed.client_order_id)) == 1
+
+
+def test_replayed_order_is_adopted_never_placed_twice(server):
+    broker = broker_for(server)
+    first = broker.submit_order(entry())
+    again = broker.submit_order(entry())  # a replay after recovery
+    assert again.adopted and again.order_id == first.order_id
+    assert len([o for o in server.orders() if o["client_order_id"] == first.client_order_id]) == 1
+
+
+def test_order_taken_behind_a_gateway_timeout_is_adopted(server):
+    # the broker accepts the order but answers 504; alpaca-py retries, gets 422 duplicate
+    server.reject_next_orders(1, status=504, accept=True)
+    placed = broker_for(server).submit_order(entry())
+    assert placed.adopted
+    assert len([o for o in server.orders() if o["client_order_id"] == placed.client_order_id]) == 1
+
+
+def test_insufficient_buying_power_is_a_typed_rejection(server):
+    server.reject_next_orders(1, status=403)
+    with pytest.raises(BrokerRejected) as err:
+        broker_for(server).submit_order(entry())
+    assert err.value.status == 403 and err.value.code == 40310000
+
+
+def test_server_errors_are_retriable_not_rejections(server):
+    server.reject_next_orders(4, status=429)
+    with pytest.raises(BrokerRetriable):
+        broker_for(server).submit_order(entry())
+    server.reject_next_orders(1, status=503)
+    with pytest.raises(BrokerRetriable):
+        broker_for(server).submit_order(entry(order_id="sma_5_15.AAPL.1704207360.entry"))
+
+
+def test_protection_oco_rests_at_the_broker_after_the_entry_fills(server):
+    broker = broker_for(server)
+    placed = broker.submit_order(entry())
+    server.fill(placed.order_id, price=100.0123)
+    oco = broker.submit(to_protection_request("run1", entry().order_id, "AAPL", 10,
+                                              100.0123 * 0.99, 100.0123 * 1.02))
+    assert oco.status in ("new", "accepted", "pending_new")
+    server.fill_on_bar({"S": "AAPL", "t": "2024-01-02T14:40:00Z", "o": 100.0, "h": 100.2,
+                        "l": 98.5, "c": 99.0, "v": 1000})
+    parent = server.order(oco.order_id)
+    stop_leg = parent["legs"][0]
+    # low 98.50 <= stop 99.02: the stop leg fills at the stop, its take-profit sibling is canceled
+    assert stop_leg["status"] == "filled" and float(stop_leg["filled_avg_price"]) == 99.02
+    assert parent["status"] == "canceled"
+    assert not server.positions()
