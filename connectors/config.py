@@ -64,9 +64,9 @@ def alpaca_credentials() -> tuple[str, str]:
 
 def alpaca_urls() -> tuple[str | None, str | None]:
     """Optional overrides (stream base URL, market-data REST base URL) from
-    ALPACA_DATA_WS_URL (e.g. wss://stream.data.alpaca.markets, without the
-    /v2/<feed> path) and ALPACA_DATA_URL (e.g. https://data.alpaca.markets);
-    None means Alpaca's own."""
+    ALPACA_DATA_WS_URL (e.g. wss://stream.data.alpaca.markets; a trailing
+    /v2/<feed> is replaced by the chosen feed) and ALPACA_DATA_URL (e.g.
+    https://data.alpaca.markets); None means Alpaca's own."""
     return (os.environ.get("ALPACA_DATA_WS_URL") or None, os.environ.get("ALPACA_DATA_URL") or None)
 
 
