@@ -90,6 +90,11 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
     "dead_letters": ([("source", _S, "s"), ("symbol", _S, "s"), ("ts", TS, "t"), ("reason", _S, "s"),
                       ("payload", _S, "s")],
                      ("source", "symbol", "ts", "reason")),
+    # kill switch: halts and resumes the portfolio obeyed, with who and why
+    "controls": ([("control_id", _S, "s"), ("action", _S, "s"), ("flatten", "Bool", "s"), ("ts", TS, "t"),
+                  ("who", _S, "s"), ("why", _S, "s"), ("exits_queued", _I, "s"),
+                  ("entries_canceled", _I, "s")],
+                 ("control_id",)),
 }
 RUNS_COLUMNS: list[tuple[str, str]] = [
     ("run_id", _S), ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"),
@@ -327,7 +332,8 @@ def record_run_end(client, run_id: str, bar_count: int, status: str, *,
         "version": [max(now, prev["version"] + 1)]}, database)
 
 
-RUN_TABLES = ("bars", "signals", "orders", "fills", "trades", "equity", "rejections", "dead_letters")
+RUN_TABLES = ("bars", "signals", "orders", "fills", "trades", "equity", "rejections", "dead_letters",
+              "controls")
 
 
 def clear_run(client, run_id: str, database: str = DATABASE) -> None:
@@ -374,6 +380,7 @@ def write_output(writer: ClickHouseWriter, item) -> None:
         writer.add("rejections", item.rejections)
         writer.add("equity", item.equity)
         writer.add("dead_letters", item.dead_letters)
+        writer.add("controls", item.controls)
     else:
         raise TypeError(f"ClickHouseSink cannot write {type(item).__name__}")
 

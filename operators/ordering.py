@@ -46,6 +46,23 @@ class Watermark:
 
 
 @dataclass(slots=True)
+class Control:
+    """A kill-switch message (`cuts halt` / `cuts resume`), written to every
+    partition. `ts` is the partition's watermark at its position: no bar at
+    or after `ts` can have been applied when it is taken, so it takes effect
+    exactly before the bars of minute `ts` - the same point in a replay."""
+
+    partition: int
+    seq: int
+    control_id: str
+    action: str  # halt | resume
+    flatten: bool
+    ts: int
+    who: str
+    why: str
+
+
+@dataclass(slots=True)
 class SymbolResult:
     partition: int
     seq: int
@@ -65,6 +82,8 @@ class PortfolioStage:
     cursors: dict  # partition -> PartitionCursor; every source partition is known
     buffer: list = field(default_factory=list)  # (BarBlock, signals by ts) not yet applied
     applied_until: int = -1  # bars with ts < this were applied
+    controls: dict = field(default_factory=dict)  # control_id -> earliest copy, not yet applied
+    applied_controls: set = field(default_factory=set)
 
     @classmethod
     def new(cls, portfolio: Portfolio, partitions) -> "PortfolioStage":
@@ -94,6 +113,13 @@ class PortfolioStage:
         if isinstance(item, Watermark):
             if item.ts > cur.watermark:
                 cur.watermark = item.ts
+            return
+        if isinstance(item, Control):
+            # one copy per partition: the earliest effective time wins (still unapplied, see Control)
+            if item.control_id not in self.applied_controls:
+                known = self.controls.get(item.control_id)
+                if known is None or item.ts < known.ts:
+                    self.controls[item.control_id] = item
             return
         result = item.output
         blocks = list(result.blocks)
@@ -126,12 +152,23 @@ class PortfolioStage:
                     ready.append((block.take(slice(0, cut)), signals))
                 keep.append((block.take(slice(cut, None)), signals))
         self.buffer = keep
+        controls = sorted((c for c in self.controls.values() if c.ts < watermark),
+                          key=lambda c: (c.ts, c.control_id))
         if ready:
-            self._apply_in_order(ready, out)
+            self._apply_in_order(ready, out, controls)
+        self._apply_controls(controls, END_OF_TIME, out)
         # every minute below the watermark is complete
         self.portfolio.close_minute(out)
 
-    def _apply_in_order(self, ready: list, out: PortfolioOutput) -> None:
+    def _apply_controls(self, controls: list, before: int, out: PortfolioOutput) -> None:
+        """Apply (and drop from `controls`) those effective before bar time `before`."""
+        while controls and controls[0].ts <= before:
+            c = controls.pop(0)
+            del self.controls[c.control_id]
+            self.applied_controls.add(c.control_id)
+            self.portfolio.apply_control(c, out)
+
+    def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
         symbols = sorted({b.symbol for b, _ in ready})
         rank = {s: i for i, s in enumerate(symbols)}
@@ -147,6 +184,8 @@ class PortfolioStage:
         apply = self.portfolio.apply
         no_signals: dict = {}
         for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
+            if controls and controls[0].ts <= t:
+                self._apply_controls(controls, t, out)
             symbol = symbols[r]
             apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
         out.applied_bars += len(ts)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from operators.calendar import trading_day
 from operators.config import TradingConfig
 from operators.types import (
-    BUY, SELL, Bar, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Trade,
+    BUY, SELL, Bar, ControlEvent, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Trade,
 )
 
 
@@ -199,6 +199,38 @@ class Portfolio:
                 if s.side == BUY:
                     self._consider_entry(s, symbol, ts, out)
 
+    # -- kill switch -------------------------------------------------------
+    def apply_control(self, control, out: PortfolioOutput) -> None:
+        """A halt stops new entries until a resume; `flatten` also cancels
+        pending entries and queues a market exit of every open position for
+        its symbol's next bar (reason `kill_switch`)."""
+        event = ControlEvent(control.control_id, control.action, control.flatten, control.ts,
+                             control.who, control.why)
+        if control.action == "resume":
+            self.halt = None
+        else:
+            self.halt = "kill_switch"
+            if control.flatten:
+                for symbol, queued in list(self.pending.items()):
+                    keep = [po for po in queued if po.order.side != BUY]
+                    for po in queued:
+                        if po.order.side == BUY:
+                            self.pending_entries -= 1
+                            self.pending_entry_cash -= po.order.qty * po.order.decision_price
+                            event.entries_canceled += 1
+                    if keep:
+                        self.pending[symbol] = keep
+                    else:
+                        del self.pending[symbol]
+                if self.pending_entries == 0:
+                    self.pending_entry_cash = 0.0
+                for p in list(self.positions.values()):
+                    if not p.exit_queued:
+                        self._queue_exit(p, control.ts, self.last_close[p.symbol], "kill_switch",
+                                         out, leg="flatten")
+                        event.exits_queued += 1
+        out.controls.append(event)
+
     # -- entries -----------------------------------------------------------
     def _consider_entry(self, sig, symbol: str, ts: int, out: PortfolioOutput) -> None:
         key = (symbol, sig.strategy_id)
@@ -272,9 +304,10 @@ class Portfolio:
         out.fills.append(Fill(o.order_id, o.strategy_id, o.symbol, BUY, o.qty, ts, fill, commission, "entry"))
 
     # -- exits -------------------------------------------------------------
-    def _queue_exit(self, p: Position, ts: int, close: float, intent: str, out: PortfolioOutput) -> None:
+    def _queue_exit(self, p: Position, ts: int, close: float, intent: str, out: PortfolioOutput,
+                    leg: str = "exit") -> None:
         order = Order(
-            f"{p.strategy_id}.{p.symbol}.{ts}.exit", p.strategy_id, p.symbol,
+            f"{p.strategy_id}.{p.symbol}.{ts}.{leg}", p.strategy_id, p.symbol,
             SELL, p.qty, ts, close, intent,
         )
         out.orders.append(order)

@@ -118,6 +118,20 @@ class EquityPoint:
 
 
 @dataclass(slots=True)
+class ControlEvent:
+    """A halt or resume the portfolio obeyed (kill switch), with who and why."""
+
+    control_id: str
+    action: str  # halt | resume
+    flatten: bool
+    ts: int  # bars from this minute on were decided under it
+    who: str
+    why: str
+    exits_queued: int = 0
+    entries_canceled: int = 0
+
+
+@dataclass(slots=True)
 class SymbolOutput:
     """What the per-symbol stage emits for one input chunk."""
 
@@ -138,10 +152,11 @@ class PortfolioOutput:
     rejections: list = field(default_factory=list)
     equity: list = field(default_factory=list)
     dead_letters: list = field(default_factory=list)  # bars behind the watermark
+    controls: list = field(default_factory=list)  # ControlEvents obeyed
     applied_bars: int = 0
 
     def empty(self) -> bool:
         return not (
             self.orders or self.fills or self.trades or self.rejections
-            or self.equity or self.dead_letters
+            or self.equity or self.dead_letters or self.controls
         )

@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.testing import TestingSource, run_main
 
 from connectors import clickhouse as ch
-from operators.types import (Bar, DeadLetter, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Signal,
+from operators.types import (Bar, ControlEvent, DeadLetter, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Signal,
                              SymbolOutput, Trade)
 
 T0 = 1704205860  # 2024-01-02T14:31:00Z
@@ -34,6 +34,7 @@ EVENTS = {
     "rejections": [Rejection("sma_5_15", "AAPL", T0, "max_positions", 10.5, "10 open")],
     "dead_letters": [DeadLetter("AAPL", T0, "duplicate", "bars.csv:3", "{}"),
                      DeadLetter("AAPL", T0, "duplicate", "bars.csv:4", "{}")],
+    "controls": [ControlEvent("c1", "halt", True, T0, "ops", "news", 2, 1)],
 }
 
 
@@ -184,7 +185,8 @@ def test_sink_writes_symbol_and_portfolio_outputs(client):
     items = [SymbolOutput(bars=EVENTS["bars"], signals={T0: EVENTS["signals"][:1]},
                           filtered=EVENTS["signals"][1:], dead_letters=EVENTS["dead_letters"]),
              PortfolioOutput(orders=EVENTS["orders"], fills=EVENTS["fills"], trades=EVENTS["trades"],
-                             rejections=EVENTS["rejections"], equity=EVENTS["equity"])]
+                             rejections=EVENTS["rejections"], equity=EVENTS["equity"],
+                             controls=EVENTS["controls"])]
     flow = Dataflow("sink_test")
     op.output("out", op.input("in", flow, TestingSource(items)), ch.ClickHouseSink(dsn, "sink"))
     run_main(flow)
