@@ -1,41 +1,37 @@
-"""Alpaca live minute bars -> the Kafka bars topic, with event-time markers.
+"""Alpaca live minute bars: the websocket (I/O half of `cuts stream`).
 
-Mapping half (pure: wall-clock times are arguments, nothing here reads a
-clock): `subscribe_batches`, `in_regular_session`, `MinuteCompleter`,
-`SentBars`, `is_stale`, `StreamCounters`; `parse_bar` is shared with the
-REST side (`connectors.alpaca_history`).
+`BarStream`, alpaca-py's `StockDataStream` overridden where it handles the
+protocol (`_auth`, `_dispatch`, `_send_subscribe_msg`, `_reconnect_delay`,
+plus a `_FrameTap` on its websocket), so that Alpaca's error codes are seen
+as data, subscriptions go out in batches and frames it would drop become
+dead letters. `StreamSettings` configures it and the loop.
 
-I/O half: `BarStream`, alpaca-py's `StockDataStream` overridden where it
-handles the protocol (`_auth`, `_dispatch`, `_send_subscribe_msg`,
-`_reconnect_delay`, plus a `_FrameTap` on its websocket), so that Alpaca's
-error codes are seen as data, subscriptions go out in batches and frames it
-would drop become dead letters. The loop that owns the Kafka producer is
-`dataflows.live_commands.run_stream`. Design: docs/streaming.md.
+The pure rules are `connectors.alpaca_minutes` (completion, staleness,
+batches, counters) and `connectors.alpaca_bars` (`parse_bar`, `Backoff`).
+The loop that owns the Kafka producer is `connectors.alpaca_live.run_stream`.
+Design: docs/streaming.md.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
 import queue
 import random
 import re
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Callable
 
 import msgpack
 import websockets
 from alpaca.data.live import StockDataStream
 
-from connectors.alpaca_history import Backoff, BarDecodeError, parse_bar
-from operators.calendar import NEW_YORK
+from connectors.alpaca_bars import Backoff, BarDecodeError, parse_bar
+from connectors.alpaca_minutes import in_regular_session, subscribe_batches
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WS_URL = "wss://stream.data.alpaca.markets"
-MINUTE = 60
 # Codes retrying cannot fix: stop with the hint. Others: log, back off, retry.
 FATAL = {409: "the account's market-data plan does not include this feed (try --feed iex)",
          410: "this feed does not offer bar subscriptions"}
@@ -59,157 +55,6 @@ class StreamErrorMessage(StreamFailure):
         self.code = code
 
 
-# ---------------------------------------------------------------- pure mapping
-def subscribe_batches(symbols: list, size: int) -> list:
-    return [list(symbols[i:i + size]) for i in range(0, len(symbols), size)]
-
-
-def in_regular_session(ts: int) -> bool:
-    """Mon-Fri 09:30-16:00 New York (holidays and early closes not known)."""
-    t = datetime.fromtimestamp(ts, NEW_YORK)
-    return t.weekday() < 5 and 570 <= t.hour * 60 + t.minute < 960
-
-
-def _never(_minute: int) -> bool:
-    return False
-
-
-@dataclass
-class MinuteCompleter:
-    """When is a minute complete, and which minutes must come from REST first.
-
-    Alpaca pushes the bar of minute m right after m + 60; minute m is *due*
-    at m + 60 + grace. It is *exposed* if the stream did not cover every
-    symbol at some time in [m + 60 - grace, m + 60 + grace] (startup,
-    disconnect, a refused or unfinished subscription, a forced reconnect),
-    or if `in_session(m)` and no stream bar at all came for it (a connection
-    open but mute). A due minute that is not exposed is complete; an exposed
-    one once a backfill of it succeeded, or, when REST keeps failing,
-    `give_up_s` after it was due (counted in `unverified`).
-    """
-
-    grace: float
-    declared: int  # the last watermark: minutes < declared are complete
-    in_session: Callable[[int], bool] = _never
-    give_up_s: float = 300.0
-    uncovered_since: float | None = None
-    gaps: list = field(default_factory=list)  # closed (from, to) wall-clock intervals
-    filled_until: int = 0  # minutes < filled_until were backfilled (or given up)
-    seen: set = field(default_factory=set)  # minutes >= declared with a stream bar
-    retry_at: float | None = None  # after a failed backfill
-    unverified: int = 0
-
-    @classmethod
-    def starting(cls, now: float, grace: float, **kw) -> "MinuteCompleter":
-        """From the minute in progress at `now`, uncovered until subscribed."""
-        return cls(grace, int(now // MINUTE) * MINUTE, uncovered_since=now, **kw)
-
-    def uncovered(self, t: float) -> None:
-        if self.uncovered_since is None:
-            self.uncovered_since = t
-
-    def covered(self, t: float) -> None:
-        if self.uncovered_since is not None:
-            self.gaps.append((self.uncovered_since, t))
-            self.uncovered_since = None
-
-    def saw_bar(self, ts: int) -> None:
-        if ts >= self.declared:
-            self.seen.add(ts - ts % MINUTE)
-
-    def exposed(self, m: int) -> bool:
-        lo, hi = m + MINUTE - self.grace, m + MINUTE + self.grace
-        if self.uncovered_since is not None and self.uncovered_since <= hi:
-            return True
-        if any(a <= hi and b >= lo for a, b in self.gaps):
-            return True
-        return self.in_session(m) and m not in self.seen
-
-    def step(self, now: float):
-        """The next thing to do at `now`:
-        ("watermark", W): write marker W, then `declare(W)`;
-        ("backfill", lo, hi): fetch minutes [lo, hi), write the new bars, then
-            `filled(lo, hi)` (or `fill_failed(now, retry_in)`);
-        ("give_up", m): REST failed for `give_up_s`: `give_up(m)`, log it;
-        None: nothing yet."""
-        due = math.floor((now - self.grace) / MINUTE) * MINUTE  # minutes < due are due
-        m = self.declared
-        while m < due and (m < self.filled_until or not self.exposed(m)):
-            m += MINUTE
-        if m > self.declared:
-            return ("watermark", m)
-        if m >= due:
-            return None
-        if self.retry_at is not None and now < self.retry_at:
-            return ("give_up", m) if now >= m + MINUTE + self.grace + self.give_up_s else None
-        return ("backfill", m, due)
-
-    def declare(self, watermark: int) -> None:
-        self.declared = max(self.declared, watermark)
-        self.seen = {m for m in self.seen if m >= self.declared}
-        self.gaps = [(a, b) for a, b in self.gaps if b >= self.declared + MINUTE - self.grace]
-
-    def filled(self, lo: int, hi: int) -> None:
-        self.filled_until = max(self.filled_until, hi)
-        self.retry_at = None
-
-    def fill_failed(self, now: float, retry_in: float) -> None:
-        self.retry_at = now + retry_in
-
-    def give_up(self, m: int) -> None:
-        self.filled_until = max(self.filled_until, m + MINUTE)
-        self.unverified += 1
-
-
-@dataclass
-class SentBars:
-    """(symbol, minute) written recently: a backfill does not write a bar the
-    stream already wrote, nor the stream one the backfill wrote."""
-
-    by_minute: dict = field(default_factory=dict)
-
-    def first(self, symbol: str, ts: int) -> bool:
-        """True the first time (and remembers it)."""
-        seen = self.by_minute.setdefault(ts, set())
-        if symbol in seen:
-            return False
-        seen.add(symbol)
-        return True
-
-    def forget_before(self, ts: int) -> None:
-        for m in [m for m in self.by_minute if m < ts]:
-            del self.by_minute[m]
-
-
-def is_stale(now: float, connected_at: float | None, last_bar_at: float | None,
-             in_session: bool, stale_after: float) -> bool:
-    """An open connection without a bar for `stale_after` s during the session."""
-    if connected_at is None or not in_session:
-        return False
-    return now - max(connected_at, last_bar_at or connected_at) >= stale_after
-
-
-@dataclass
-class StreamCounters:
-    received: int = 0  # bar and updated-bar messages decoded from the stream
-    updated: int = 0  # of which updatedBars corrections
-    produced: int = 0  # bars written to Kafka (stream and backfill)
-    backfilled: int = 0  # of which from REST
-    duplicates: int = 0  # not written again: (symbol, minute) was already written
-    late: int = 0  # written after their minute was declared complete
-    dead_letters: int = 0  # undecodable messages
-    markers: int = 0  # watermarks written (each to every partition)
-    connections: int = 0  # authenticated connections
-    unverified: int = 0  # exposed minutes declared complete without a backfill
-
-    def line(self) -> str:
-        return (f"received {self.received} ({self.updated} updated), produced {self.produced} "
-                f"({self.backfilled} backfilled), duplicates skipped {self.duplicates}, late "
-                f"{self.late}, dead letters {self.dead_letters}, markers {self.markers}, "
-                f"connections {self.connections}, unverified minutes {self.unverified}")
-
-
-# ---------------------------------------------------------------- I/O: the stream
 @dataclass
 class StreamSettings:
     symbols: list

@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from alpaca_server import AlpacaServer  # noqa: E402
 
 from alpaca.data.models import Bar as AlpacaBar  # noqa: E402
-from connectors.alpaca_history import Backoff, BarDecodeError, SymbolsError, parse_bar  # noqa: E402
-from connectors.alpaca_stream import (  # noqa: E402
-    MinuteCompleter, SentBars, StreamSettings, in_regular_session, is_stale, subscribe_batches)
+from connectors.alpaca_bars import Backoff, BarDecodeError, SymbolsError, parse_bar  # noqa: E402
+from connectors.alpaca_live import run_stream  # noqa: E402
+from connectors.alpaca_minutes import (  # noqa: E402
+    MinuteCompleter, SentBars, in_regular_session, is_stale, subscribe_batches)
+from connectors.alpaca_stream import StreamSettings  # noqa: E402
 from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
 from connectors.kafka import WatermarkRecord, decode_record, topic_partitions  # noqa: E402
 from dataflows import cli  # noqa: E402
-from dataflows.live_commands import run_stream, stream_settings  # noqa: E402
+from dataflows.live_commands import stream_settings  # noqa: E402
 from operators.types import Bar  # noqa: E402
 
 T0 = 1704205800  # 2024-01-02T14:30:00Z, a Tuesday in the regular session
@@ -167,7 +169,7 @@ def topic(request):
 @pytest.fixture
 def logs(caplog):
     caplog.set_level(logging.INFO, logger="connectors.alpaca_stream")
-    caplog.set_level(logging.INFO, logger="dataflows.live_commands")
+    caplog.set_level(logging.INFO, logger="connectors.alpaca_live")
     return caplog
 
 

@@ -15,9 +15,9 @@ from kafka import KafkaConsumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).parent))
 from alpaca_server import AlpacaServer  # noqa: E402
 
-from connectors.alpaca_history import (AlpacaHistory, AlpacaRejected, AlpacaUnavailable,  # noqa: E402
-                                       BackfillArgumentError, Backoff, RequestWindow, parse_time_arg,
-                                       parse_timeframe, plan_windows)
+from connectors.alpaca_bars import (BackfillArgumentError, Backoff, RequestWindow,  # noqa: E402
+                                    parse_time_arg, parse_timeframe, plan_windows)
+from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable  # noqa: E402
 from connectors.barfile import read_bar_file  # noqa: E402
 from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
 from connectors.kafka import WatermarkRecord, decode_record, topic_partitions  # noqa: E402
