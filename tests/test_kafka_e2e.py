@@ -77,7 +77,7 @@ def test_replay_of_a_missing_topic_exits_2_with_one_line(broker, tmp_path):
 @pytest.fixture(scope="module")
 def recovery_topic(broker, tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "bars.parquet"
-    cuts("generate", "--symbols", "31", "--days", "6", "--seed", "8", "--out", str(path))
+    cuts("generate", "--symbols", "31", "--days", "15", "--seed", "8", "--out", str(path))
     cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover", "--partitions", "3")
     return "recover"
 
@@ -117,8 +117,8 @@ def test_sigkill_twice_then_resume_gives_every_table_of_an_uninterrupted_run(bro
     crashed = tmp_path / "crashed"
     rec_args = replay_args(broker, recovery_topic, crashed / "ch", "--recovery-dir", str(crashed / "rec"),
                            "--snapshot-s", "1")
-    assert run_and_kill(rec_args, at_bars=15_000), "the run ended before the first kill point"
-    assert run_and_kill(rec_args, at_bars=45_000), "the run ended before the second kill point"
+    assert run_and_kill(rec_args, at_bars=30_000), "the run ended before the first kill point"
+    assert run_and_kill(rec_args, at_bars=100_000), "the run ended before the second kill point"
     done = cuts(*rec_args, "--out", str(crashed / "out"), "--quiet")
     assert "resumed" in done.stdout
     same_exports(clean / "out", crashed / "out")
