@@ -5,8 +5,9 @@ Thin over kafka-python (producing, admin) and Bytewax's `KafkaSource`
 
 Pure mapping (tested without a broker)
   `encode_bar`, `encode_watermark`, `decode_record` (never raises: returns a
-  `Bar`, a `WatermarkRecord` or a `DecodeError(reason)`), `encode_dead_letter`,
-  `publish_plan` (which bars to send before which marker).
+  `Bar`, a `WatermarkRecord` or a `DecodeError(reason)`; the definition the
+  source's fast path is tested against), `encode_dead_letter`, `publish_plan`
+  (which bars to send before which marker).
 
 I/O
   `ensure_topic`, `topic_partitions`, `topic_identity`, `BarProducer`,
@@ -57,16 +58,21 @@ Tansu facts relied on (Tansu 0.6.0; see docs/ and shared platform notes)
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import math
 import threading
+from array import array
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
+import msgspec
 import numpy as np
 from bytewax.connectors.kafka import KafkaSource  # needs confluent-kafka (bytewax[kafka])
+from bytewax.connectors.kafka import _KafkaSourcePartition
 from bytewax.inputs import StatefulSourcePartition
+from confluent_kafka import KafkaError as ConfluentKafkaError, Message, TopicPartition
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
@@ -218,7 +224,9 @@ def _number(obj: dict, name: str, optional: bool = False):
 
 def decode_record(key: bytes | None, value: bytes | None):
     """A record of the bars topic -> `Bar` | `WatermarkRecord` | `DecodeError`.
-    Never raises."""
+    Never raises. The reference: `KafkaBarSource` decodes the common case
+    faster (msgspec, columns) and sends everything else here; both must
+    decide alike (tests/test_kafka.py compares them)."""
     try:
         return _decode(key, value)
     except Exception as exc:  # pragma: no cover - safety net: malformed input must not stop the flow
@@ -587,16 +595,89 @@ def publish_columns(producer: BarProducer, cols, min_rows: int = 1,
 
 
 # ---------------------------------------------------------------- consuming
-def _bars_block(symbol: str, bars: list) -> BarBlock:
-    n = len(bars)
-    ts = np.fromiter((b.ts for b in bars), dtype=np.int64, count=n)
-    cols = [np.fromiter((getattr(b, f) for b in bars), dtype=np.float64, count=n)
-            for f in ("open", "high", "low", "close", "volume")]
-    tc = [b.trade_count for b in bars]
-    vw = [b.vwap for b in bars]
-    tc = np.array(tc, dtype=np.float64) if any(x is not None for x in tc) else None  # None -> NaN
-    vw = np.array(vw, dtype=np.float64) if any(x is not None for x in vw) else None
-    return BarBlock(symbol, ts, *cols, tc, vw)
+# The fast path of the source. `decode_record` is the definition of what a
+# record means; `_BarPartition.next_batch` decodes the common case faster with
+# the same decisions:
+#   - msgspec decodes a value straight into `_WireBar` / `_WireMarker`, checking
+#     the JSON and the field types in C (a float field takes a JSON int, as
+#     `_number` does, and refuses bools, strings and nulls). Only what it
+#     accepts takes the fast path; anything it refuses (malformed JSON, a wrong
+#     type, a missing field, an unknown `T`, an unknown field, NaN/Infinity
+#     literals, numbers out of range, byte-order marks, lone surrogates, ...)
+#     goes through `decode_record`, so every error and every lenient case is
+#     decided there, once. Unknown fields are refused so that nothing is ever
+#     skipped unread (json.loads fails on deep nesting, a skipper would not).
+#   - the key, the time text and the marker's minute are checked in Python as
+#     in `_decode`; a key seen before maps to its symbol through the batch's
+#     group table, a time text to epoch seconds through `_ISO_CACHE`.
+# tests/test_kafka.py runs both paths on valid, malformed and fuzzed
+# payloads and requires identical items.
+class _WireBar(msgspec.Struct, tag_field="T", tag="b", forbid_unknown_fields=True, gc=False):
+    S: str
+    t: str
+    o: float
+    h: float
+    l: float  # noqa: E741 - the wire name
+    c: float
+    v: float
+    n: float | None = None
+    vw: float | None = None
+
+
+class _WireMarker(msgspec.Struct, tag_field="T", tag="w", forbid_unknown_fields=True, gc=False):
+    t: str
+
+
+_WIRE = msgspec.json.Decoder(_WireBar | _WireMarker)
+_message_error = Message.error
+
+
+class _RawKafkaPartition(_KafkaSourcePartition):
+    """Bytewax's Kafka source partition (its consumer, offset keeping and
+    end-of-partition handling, unchanged) returning librdkafka's messages as
+    they are instead of a `KafkaSourceMessage` per message.
+
+    Same contract as the parent: the batch stops before the partition-EOF
+    event (replay), after which the next call raises StopIteration; any other
+    consumer error raises RuntimeError (KafkaBarSource never sets
+    raise_on_errors=False); the snapshot is the offset after the last message
+    returned."""
+
+    def __init__(self, step_id: str, config: dict, topic: str, part_idx: int, starting_offset: int,
+                 resume_state, batch_size: int, raise_on_errors: bool):
+        super().__init__(step_id, config, topic, part_idx, starting_offset, resume_state, batch_size,
+                         raise_on_errors)
+        # The parent assigns the partition before the client knows its leader;
+        # librdkafka then waits 500 ms before it asks for the start offset
+        # (OFFSET_BEGINNING), which a replay pays every time. With the
+        # metadata in, the same assignment starts at once. (Nothing was
+        # consumed yet, so assigning again changes nothing else.)
+        try:
+            self._consumer.list_topics(topic, timeout=5.0)  # consumers never auto-create topics
+        except Exception:  # only a shortcut: the first assignment stands
+            return
+        self._consumer.assign([TopicPartition(topic, part_idx, self._offset)])
+
+    def next_batch(self) -> list:
+        if self._eof:
+            raise StopIteration()
+        msgs = self._consumer.consume(self._batch_size, 0.001)
+        # Errors are rare: find them in C (a KafkaError is always true). Never
+        # compare one with None by value: its __eq__ leaves an exception set.
+        if any(map(_message_error, msgs)):
+            for i, m in enumerate(msgs):
+                error = m.error()
+                if error is None:
+                    continue
+                if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                    # As the parent: emit this batch, raise StopIteration next time.
+                    self._eof = True
+                    msgs = msgs[:i]
+                    break
+                raise RuntimeError(f"error consuming from Kafka topic `{self._topic!r}`: {error}")
+        if msgs:
+            self._offset = msgs[-1].offset() + 1  # resume after the last message handed out
+        return msgs
 
 
 def _text(data: bytes | None, limit: int = 2000) -> str | None:
@@ -604,12 +685,49 @@ def _text(data: bytes | None, limit: int = 2000) -> str | None:
 
 
 class _Group:
-    __slots__ = ("bars", "offsets", "dead")
+    """One symbol's part of a batch, as columns (symbol "" gathers the
+    undecodable records, and has no bars)."""
 
-    def __init__(self):
-        self.bars: list = []
+    __slots__ = ("symbol", "o", "h", "l", "c", "v", "n", "vw", "ts", "offsets", "dead")
+
+    def __init__(self, symbol: str):
+        self.symbol = symbol
+        # array('d') holds the prices as C doubles (the decoded floats die at
+        # once) and hands them to numpy without a copy
+        self.o, self.h, self.l, self.c, self.v = (array("d") for _ in range(5))  # noqa: E741
+        self.n: list = []  # trade count / vwap: None when unknown
+        self.vw: list = []
+        self.ts: list = []
         self.offsets: list = []
         self.dead: list = []
+
+    def add(self, ts: int, offset: int, o, h, lo, c, v, n, vw) -> None:
+        self.o.append(o)
+        self.h.append(h)
+        self.l.append(lo)
+        self.c.append(c)
+        self.v.append(v)
+        self.n.append(n)
+        self.vw.append(vw)
+        self.ts.append(ts)
+        self.offsets.append(offset)
+
+    def block(self) -> BarBlock:
+        n = len(self.ts)
+        if not n:
+            return _empty_block(self.symbol)
+        f8 = np.float64
+        tc, vw = self.n, self.vw
+        tc = None if tc.count(None) == n else np.array(tc, dtype=f8)  # None -> NaN
+        vw = None if vw.count(None) == n else np.array(vw, dtype=f8)
+        return BarBlock(self.symbol, np.array(self.ts, dtype=np.int64), np.frombuffer(self.o, f8),
+                        np.frombuffer(self.h, f8), np.frombuffer(self.l, f8),
+                        np.frombuffer(self.c, f8), np.frombuffer(self.v, f8), tc, vw)
+
+
+def _late(symbol: str, ts: int, source: str, r: _WireBar) -> DeadLetter:
+    bar = Bar(symbol, ts, r.o, r.h, r.l, r.c, r.v, r.n, r.vw)
+    return DeadLetter(symbol, ts, "late", source, bar_payload(bar))
 
 
 class _BarPartition(StatefulSourcePartition):
@@ -630,7 +748,7 @@ class _BarPartition(StatefulSourcePartition):
         self.seq = seq
         self.watermark = watermark
         self.identity = identity
-        self.dead_letter = dead_letter  # (topic, partition, [(reason, msg)]): copy to the DLQ topic
+        self.dead_letter = dead_letter  # (topic, partition, [(reason, offset, key, value)])
         self.ended = False
 
     def next_batch(self) -> list:
@@ -642,44 +760,113 @@ class _BarPartition(StatefulSourcePartition):
         which keeps it true: a non-late bar after a marker has ts >= that
         marker, and bars before it are emitted before the Watermark item.
         So a batch costs a few items however many markers it holds (live
-        topics carry a marker per minute per partition)."""
+        topics carry a marker per minute per partition).
+
+        The cyclic GC is paused for the batch: librdkafka's messages are
+        GC-tracked objects that live exactly as long as the batch and hold no
+        cycles, but a collection during the batch would promote them to the
+        old generation and trigger full collections of the whole heap (a
+        fifth of a replay's time). Freed with the batch, they never reach it.
+        Collections resume after, for everything else."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._next_batch()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _next_batch(self) -> list:
         msgs = self.inner.next_batch()  # raises StopIteration after the end in replay mode
-        p, prefix = self.partition, self.prefix
-        groups: dict = {}
-        copies = []
+        prefix = self.prefix
+        groups: dict = {}  # key bytes -> _Group (None -> the undecodable records)
+        copies: list = []
         start_watermark = watermark = self.watermark
+        decode, iso, wire_bar, wire_marker = _WIRE.decode, _ISO_CACHE, _WireBar, _WireMarker
         for m in msgs:
-            rec = decode_record(m.key, m.value)
-            kind = type(rec)
-            if kind is Bar:
-                g = groups.get(rec.symbol)
-                if g is None:
-                    g = groups[rec.symbol] = _Group()
-                if rec.ts < watermark:
-                    g.dead.append(DeadLetter(rec.symbol, rec.ts, "late", f"{prefix}{m.offset}",
-                                             bar_payload(rec)))
-                else:
-                    g.bars.append(rec)
-                    g.offsets.append(m.offset)
-            elif kind is WatermarkRecord:
-                if rec.ts > watermark:  # an older or repeated marker promises nothing new
-                    watermark = rec.ts
+            try:
+                r = decode(m.value())
+            except Exception:  # malformed, a tombstone (None), too deep...: decode_record says why
+                r = None
+            kind = type(r)
+            if kind is wire_bar:
+                ts = iso.get(r.t)
+                if ts is None:
+                    ts = _parse_time(r.t)
+                    if ts is None:
+                        watermark = self._decode_slow(m, groups, watermark, copies)
+                        continue
+                key = m.key()
+                g = groups.get(key)
+                if g is None or g.symbol != r.S:
+                    # first bar of this key in the batch, or a key that is not its symbol
+                    if key is None or key != r.S.encode("utf-8", "surrogatepass"):
+                        watermark = self._decode_slow(m, groups, watermark, copies)
+                        continue
+                    g = groups[key] = _Group(r.S)
+                if ts < watermark:
+                    g.dead.append(_late(g.symbol, ts, f"{prefix}{m.offset()}", r))
+                else:  # _Group.add, inlined
+                    g.o.append(r.o)
+                    g.h.append(r.h)
+                    g.l.append(r.l)
+                    g.c.append(r.c)
+                    g.v.append(r.v)
+                    g.n.append(r.n)
+                    g.vw.append(r.vw)
+                    g.ts.append(ts)
+                    g.offsets.append(m.offset())
+            elif kind is wire_marker:
+                ts = iso.get(r.t)
+                if ts is None:
+                    ts = _parse_time(r.t)
+                if ts is None or ts % MINUTE:
+                    watermark = self._decode_slow(m, groups, watermark, copies)
+                elif ts + MINUTE > watermark:  # an older or repeated marker promises nothing new
+                    watermark = ts + MINUTE
             else:
-                g = groups.get("")  # one key for all undecodable records
-                if g is None:
-                    g = groups[""] = _Group()
-                ts = m.timestamp[1] // 1000 if m.timestamp and m.timestamp[1] > 0 else 0
-                payload = json.dumps({"error": rec.reason, "key": _text(m.key), "value": _text(m.value)})
-                symbol = _text(m.key, 40) if m.key is not None else ""
-                g.dead.append(DeadLetter(symbol, ts, "undecodable", f"{prefix}{m.offset}", payload))
-                copies.append((rec.reason, m))
+                watermark = self._decode_slow(m, groups, watermark, copies)
         if copies and self.dead_letter is not None:
-            self.dead_letter(self.topic, p, copies)  # before the offsets can reach a snapshot
+            self.dead_letter(self.topic, self.partition, copies)  # before the offsets can reach a snapshot
+        return self._items(groups, start_watermark, watermark)
+
+    def _decode_slow(self, m, groups: dict, watermark: int, copies: list) -> int:
+        """One record the fast path did not take, by `decode_record`; returns
+        the watermark after it."""
+        key, value, offset = m.key(), m.value(), m.offset()
+        rec = decode_record(key, value)
+        kind = type(rec)
+        if kind is Bar:
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _Group(rec.symbol)
+            if rec.ts < watermark:
+                g.dead.append(DeadLetter(rec.symbol, rec.ts, "late", f"{self.prefix}{offset}",
+                                         bar_payload(rec)))
+            else:
+                g.add(rec.ts, offset, rec.open, rec.high, rec.low, rec.close, rec.volume,
+                      rec.trade_count, rec.vwap)
+        elif kind is WatermarkRecord:
+            if rec.ts > watermark:
+                watermark = rec.ts
+        else:
+            g = groups.get(None)  # one group for all undecodable records
+            if g is None:
+                g = groups[None] = _Group("")
+            _, ms = m.timestamp()
+            ts = ms // 1000 if ms > 0 else 0
+            payload = json.dumps({"error": rec.reason, "key": _text(key), "value": _text(value)})
+            symbol = _text(key, 40) if key is not None else ""
+            g.dead.append(DeadLetter(symbol, ts, "undecodable", f"{self.prefix}{offset}", payload))
+            copies.append((rec.reason, offset, key, value))
+        return watermark
+
+    def _items(self, groups: dict, start_watermark: int, watermark: int) -> list:
+        p, prefix = self.partition, self.prefix
         items: list = []
         seq = self.seq
-        for symbol, g in groups.items():
-            block = _bars_block(symbol, g.bars) if g.bars else _empty_block(symbol)
-            items.append(Chunk(p, seq, symbol, block, g.offsets, prefix, g.dead))
+        for g in groups.values():
+            items.append(Chunk(p, seq, g.symbol, g.block(), g.offsets, prefix, g.dead))
             seq += 1
         if watermark > start_watermark:
             items.append(Watermark(p, seq, watermark))
@@ -746,9 +933,9 @@ class _DeadLetterWriter:
                     raise _typed(exc, self.bootstrap, "starting the dead-letter producer") from None
             try:
                 futures = []
-                for reason, m in copies:
-                    key, value = encode_dead_letter("undecodable", source_topic, partition, m.offset,
-                                                    m.key, m.value, detail=reason)
+                for reason, offset, key, value in copies:
+                    key, value = encode_dead_letter("undecodable", source_topic, partition, offset,
+                                                    key, value, detail=reason)
                     futures.append(self._producer.send(self.topic, key=key, value=value))
                 self._producer.flush(timeout=30)
                 for f in futures:
@@ -785,14 +972,32 @@ class KafkaBarSource(KafkaSource):
     group). The snapshot also holds the topic id: resuming against a
     re-created topic raises `TopicChanged` instead of silently skipping its
     data.
+
+    `batch_size` caps the messages taken per poll of a partition (a poll
+    returns what has arrived within 1 ms), so a large cap costs a tailing
+    flow no latency and lets a replay work in large batches. Records are
+    decoded by a fast path with exactly `decode_record`'s decisions (see
+    "consuming" below).
     """
 
     def __init__(self, bootstrap: str, topic: str, *, tail: bool = True,
-                 dead_letter_topic: str | None = None, batch_size: int = 1000,
+                 dead_letter_topic: str | None = None, batch_size: int = 10_000,
                  fetch_wait_ms: int = 10, add_config: dict | None = None,
                  check_identity: bool = True):
         brokers = [b.strip() for b in bootstrap.split(",") if b.strip()]
-        config = {"fetch.wait.max.ms": str(fetch_wait_ms)}
+        config = {
+            "fetch.wait.max.ms": str(fetch_wait_ms),
+            # Once a partition's fetch queue holds queued.min.messages (100 k),
+            # librdkafka waits this long before fetching more (1 s by default):
+            # a replay drains 100 k messages in well under a second and then
+            # stalled (0.2 s per large partition, measured).
+            "fetch.queue.backoff.ms": "20",
+            # The first metadata request races the switch from the bootstrap
+            # connection to the broker's own; the retry waits about half of
+            # this (100 ms by default) at every start. Still exponential, up to
+            # reconnect.backoff.max.ms, when a broker is really down.
+            "reconnect.backoff.ms": "10",
+        }
         config.update(add_config or {})
         super().__init__(brokers, [topic], tail=tail, add_config=config, batch_size=batch_size)
         self.bootstrap = bootstrap
@@ -833,6 +1038,21 @@ class KafkaBarSource(KafkaSource):
                     f"Kafka at {self.bootstrap}: topic {topic} is not the one the recovery state "
                     f"was taken from (topic id {stored}, now {identity}); it was re-created or the "
                     f"broker restarted: start with a fresh recovery directory")
-        inner = super().build_part(step_id, for_part, offset)
+        inner = self._raw_part(step_id, topic, partition, offset)
         writer = self._writer.acquire() if self._writer is not None else None
         return _BarPartition(inner, topic, partition, self.tail, seq, watermark, identity, writer)
+
+    def _raw_part(self, step_id: str, topic: str, partition: int, offset) -> _RawKafkaPartition:
+        """`KafkaSource.build_part` of Bytewax 0.21.1 (same consumer config),
+        building the partition that hands out librdkafka messages as they are.
+        tests/test_kafka.py checks the config against Bytewax's own."""
+        config = {
+            "group.id": "BYTEWAX_IGNORED",  # offsets live in the recovery store
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail),
+            "statistics.interval.ms": 1000,
+        }
+        config.update(self._add_config)
+        return _RawKafkaPartition(step_id, config, topic, partition, self._starting_offset, offset,
+                                  self._batch_size, self._raise_on_errors)
