@@ -187,6 +187,11 @@ _EXPORTS: dict[str, tuple[list[str], str]] = {
     "rejections.csv": (["run_id", "strategy", "symbol", "time", "reason", "price", "detail"], f"""
         SELECT run_id, strategy_id, symbol, formatDateTime(ts, {ISO}), reason, price, detail
         {{src}} ORDER BY ts, symbol, strategy_id, reason"""),
+    "controls.csv": (["run_id", "control_id", "action", "flatten", "time", "who", "why",
+                      "exits_queued", "entries_canceled"], f"""
+        SELECT run_id, control_id, action, flatten, formatDateTime(ts, {ISO}), who, why,
+            exits_queued, entries_canceled
+        {{src}} ORDER BY ts, control_id"""),
 }
 
 

@@ -91,3 +91,8 @@ def trading_mode(live_flag: bool) -> str:
     if not live_flag and not paper:
         raise LiveTradingRefused("ALPACA_PAPER=false needs --live as well; refusing to guess")
     return "live" if live_flag else "paper"
+
+
+def operator_name(cli_value: str | None) -> str:
+    """Who issued a halt or resume: --who, else the login name from the environment."""
+    return cli_value or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"

@@ -77,6 +77,7 @@ from connectors.kafka_admin import (  # noqa: F401 - re-exported
     KafkaConnectorError, KafkaRejected, KafkaUnavailable, TopicChanged, TopicMissing, _typed,
     ensure_topic, topic_identity, topic_partitions,
 )
+from connectors.kafka_codec import ControlRecord, encode_control  # noqa: F401 - re-exported
 from connectors.kafka_codec import (  # noqa: F401 - re-exported
     _ISO_CACHE, MINUTE, DecodeError, WatermarkRecord, _bar_json, _one_line, _parse_time,
     decode_record, encode_bar, encode_dead_letter, encode_watermark, iso_minute, iso_times,
@@ -188,6 +189,13 @@ class BarProducer:
         for p in self.partitions:
             self._send(None, value, partition=p)
         self.markers_sent += len(self.partitions)
+
+    def send_control(self, rec) -> None:
+        """Queue a kill-switch record (`ControlRecord`) to every partition."""
+        self._check()
+        value = encode_control(rec)
+        for p in self.partitions:
+            self._send(None, value, partition=p)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything queued is acknowledged; raise if any failed."""

@@ -187,9 +187,39 @@ def _decode(key, value):
         if ts % MINUTE:
             return DecodeError(f"marker: field t not on a minute: {t!r}")
         return WatermarkRecord(ts + MINUTE)
+    if kind == "c":
+        return _decode_control(obj)
     if kind is None:
         return DecodeError("missing field T")
     return DecodeError(f"unknown record type T={str(kind)[:20]!r}")
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """A kill-switch message (`cuts halt` / `cuts resume`) in every partition."""
+
+    control_id: str
+    action: str  # halt | resume
+    flatten: bool
+    who: str
+    why: str
+
+
+def encode_control(rec: ControlRecord) -> bytes:
+    return json.dumps({"T": "c", "id": rec.control_id, "action": rec.action, "flatten": rec.flatten,
+                       "who": rec.who, "why": rec.why}, separators=(",", ":")).encode()
+
+
+def _decode_control(obj: dict):
+    cid, action, flatten = obj.get("id"), obj.get("action"), obj.get("flatten", False)
+    who, why = obj.get("who", ""), obj.get("why", "")
+    if not isinstance(cid, str) or not cid:
+        return DecodeError("control: field id: expected a non-empty string")
+    if action not in ("halt", "resume"):
+        return DecodeError(f"control: field action: expected halt or resume, not {str(action)[:20]!r}")
+    if not isinstance(flatten, bool) or not isinstance(who, str) or not isinstance(why, str):
+        return DecodeError("control: flatten must be a boolean, who and why strings")
+    return ControlRecord(cid, action, flatten, who[:200], why[:500])
 
 
 def _b64(data: bytes | None) -> str | None:

@@ -13,10 +13,10 @@ import numpy as np
 from bytewax.inputs import StatefulSourcePartition
 
 from connectors.kafka_codec import (
-    _ISO_CACHE, _WIRE, MINUTE, WatermarkRecord, _parse_time, _WireBar, _WireMarker, decode_record,
+    _ISO_CACHE, _WIRE, MINUTE, ControlRecord, WatermarkRecord, _parse_time, _WireBar, _WireMarker, decode_record,
 )
 from operators.columnar import BarBlock
-from operators.ordering import END_OF_TIME, Chunk, Watermark
+from operators.ordering import END_OF_TIME, Chunk, Control, Watermark
 from operators.symbol_stage import bar_payload
 from operators.types import Bar, DeadLetter
 
@@ -123,6 +123,7 @@ class _BarPartition(StatefulSourcePartition):
         groups: dict = {}  # key bytes -> _Group (None -> the undecodable records)
         copies: list = []
         start_watermark = watermark = self.watermark
+        self._controls = []  # (ControlRecord, the watermark at its position)
         decode, iso, wire_bar, wire_marker = _WIRE.decode, _ISO_CACHE, _WireBar, _WireMarker
         for m in msgs:
             try:
@@ -190,6 +191,9 @@ class _BarPartition(StatefulSourcePartition):
         elif kind is WatermarkRecord:
             if rec.ts > watermark:
                 watermark = rec.ts
+        elif kind is ControlRecord:
+            # effective from this partition's watermark at its position (see operators.ordering.Control)
+            self._controls.append((rec, watermark))
         else:
             g = groups.get(None)  # one group for all undecodable records
             if g is None:
@@ -208,6 +212,9 @@ class _BarPartition(StatefulSourcePartition):
         seq = self.seq
         for g in groups.values():
             items.append(Chunk(p, seq, g.symbol, g.block(), g.offsets, prefix, g.dead))
+            seq += 1
+        for rec, at in getattr(self, "_controls", ()):
+            items.append(Control(p, seq, rec.control_id, rec.action, rec.flatten, at, rec.who, rec.why))
             seq += 1
         if watermark > start_watermark:
             items.append(Watermark(p, seq, watermark))

@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--speed", type=float, default=None,
                      help="X times real time (default: as fast as possible)")
 
+    for name, text in (("halt", "kill switch: stop new entries in the running flow"),
+                       ("resume", "lift a kill-switch halt")):
+        ks = sub.add_parser(name, help=text)
+        ks.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
+        ks.add_argument("--topic", default="bars")
+        ks.add_argument("--why", required=True, help="the reason, recorded in ClickHouse")
+        ks.add_argument("--who", help="who decided (default: the login name)")
+        if name == "halt":
+            ks.add_argument("--flatten", action="store_true",
+                            help="also cancel pending entries and close every position at market")
+
     rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse")
     rp.add_argument("--run-id", help="run id (default: the latest run)")
     rp.add_argument("--clickhouse", help="chdb:///dir or http://host:8123")

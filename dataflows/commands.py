@@ -138,6 +138,29 @@ def _publish_progress(started: float):
     return show
 
 
+def cmd_control(args) -> int:
+    """`cuts halt` / `cuts resume`: a control record in every partition of the
+    bars topic; the flow obeys it from the partition's current minute on."""
+    import uuid
+
+    from connectors.config import operator_name
+    from connectors.kafka import BarProducer, ControlRecord, topic_partitions
+
+    bootstrap = kafka_bootstrap(args.kafka)
+    if bootstrap is None:
+        raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
+    topic_partitions(bootstrap, args.topic)  # TopicMissing: one line, exit 2
+    rec = ControlRecord(f"{args.command}-{uuid.uuid4().hex[:12]}", args.command,
+                        bool(getattr(args, "flatten", False)), operator_name(args.who), args.why)
+    with BarProducer(bootstrap, args.topic) as producer:
+        producer.send_control(rec)
+        producer.flush()
+    flat = " with flatten" if rec.flatten else ""
+    print(f"{rec.action}{flat} sent to every partition of {args.topic} as {rec.control_id} "
+          f"(by {rec.who}: {rec.why})")
+    return 0
+
+
 def cmd_report(args) -> int:
     client = open_client(clickhouse_dsn(args.clickhouse))
     run_id = args.run_id or analytics.latest_run_id(client)
@@ -205,6 +228,8 @@ _COMMANDS = {
     "run": cmd_run,
     "publish": cmd_publish,
     "report": cmd_report,
+    "halt": cmd_control,
+    "resume": cmd_control,
     "generate": cmd_generate,
     "demo": cmd_demo,
 }

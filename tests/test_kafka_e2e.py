@@ -142,3 +142,42 @@ def test_recovery_dir_refuses_a_recreated_topic(broker, small_market, tmp_path):
     proc = cuts(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "refusing to resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_halt_with_flatten_through_kafka_stops_entries_and_closes_positions(broker, small_market, tmp_path):
+    import csv
+
+    import pandas as pd
+
+    df = pd.read_parquet(small_market)
+    days = df["timestamp"].dt.tz_convert("America/New_York").dt.date
+    first, rest = tmp_path / "first.parquet", tmp_path / "rest.parquet"
+    df[days == days.min()].to_parquet(first)
+    df[days != days.min()].to_parquet(rest)
+    cuts("publish", "--bars", str(first), "--kafka", broker, "--topic", "halted", "--partitions", "3")
+    sent = cuts("halt", "--flatten", "--why", "test drill", "--who", "tester", "--kafka", broker,
+                "--topic", "halted")
+    assert "halt with flatten sent to every partition" in sent.stdout
+    cuts("publish", "--bars", str(rest), "--kafka", broker, "--topic", "halted")
+    out = tmp_path / "out"
+    cuts("backtest", "--kafka", broker, "--topic", "halted", "--clickhouse", f"chdb://{tmp_path / 'ch'}",
+         "--out", str(out), "--run-id", "halt", "--quiet")
+    controls = list(csv.DictReader(open(out / "controls.csv")))
+    assert [(c["action"], c["flatten"], c["who"], c["why"]) for c in controls] == [
+        ("halt", "True", "tester", "test drill")]
+    halted_at = controls[0]["time"]
+    entries = [o for o in csv.DictReader(open(out / "orders.csv")) if o["intent"] == "entry"]
+    assert entries and all(o["decided_time"] < halted_at for o in entries)
+    trades = list(csv.DictReader(open(out / "trades.csv")))
+    flattened = [t for t in trades if t["exit_reason"] == "kill_switch"]
+    assert len(flattened) == int(controls[0]["exits_queued"])
+    assert all(t["exit_time"] >= halted_at for t in flattened)
+    rejected = [r for r in csv.DictReader(open(out / "rejections.csv")) if r["reason"] == "halted"]
+    assert rejected, "BUY signals after the halt are rejected as halted"
+    equity = list(csv.DictReader(open(out / "equity.csv")))
+    assert int(equity[-1]["open_positions"]) == 0
+
+
+def test_halt_on_a_missing_topic_exits_2(broker):
+    proc = cuts("halt", "--why", "x", "--kafka", broker, "--topic", "nope-topic", check=False)
+    assert proc.returncode == 2 and "nope-topic" in proc.stderr and "Traceback" not in proc.stderr
