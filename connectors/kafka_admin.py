@@ -70,8 +70,8 @@ def _describe(admin, bootstrap: str, topic: str) -> dict | None:
     return meta
 
 
-def topic_partitions(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> list[int]:
-    """The topic's partition numbers; `TopicMissing` when it does not exist."""
+def _existing(bootstrap: str, topic: str, timeout_ms: int) -> dict:
+    """The topic's metadata; `TopicMissing` when it does not exist."""
     admin = _admin(bootstrap, timeout_ms)
     try:
         meta = _describe(admin, bootstrap, topic)
@@ -79,6 +79,12 @@ def topic_partitions(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> li
         admin.close()
     if meta is None:
         raise TopicMissing(f"Kafka at {bootstrap}: topic {topic} does not exist")
+    return meta
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> list[int]:
+    """The topic's partition numbers; `TopicMissing` when it does not exist."""
+    meta = _existing(bootstrap, topic, timeout_ms)
     return sorted(p["partition_index"] for p in meta["partitions"])
 
 
@@ -112,13 +118,7 @@ def topic_identity(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> str:
     the topic is deleted and re-created, and on Tansu (memory storage) when
     the broker restarts, because the topic is then created anew: store it
     with recovery state and compare at start."""
-    admin = _admin(bootstrap, timeout_ms)
-    try:
-        meta = _describe(admin, bootstrap, topic)
-    finally:
-        admin.close()
-    if meta is None:
-        raise TopicMissing(f"Kafka at {bootstrap}: topic {topic} does not exist")
+    meta = _existing(bootstrap, topic, timeout_ms)
     tid = meta.get("topic_id")
     if tid is None or str(tid) == "00000000-0000-0000-0000-000000000000":
         raise KafkaRejected(f"Kafka at {bootstrap} does not report topic ids (needs metadata v10+)")

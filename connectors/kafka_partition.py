@@ -91,6 +91,7 @@ class _BarPartition(StatefulSourcePartition):
         self.identity = identity
         self.dead_letter = dead_letter  # (topic, partition, [(reason, offset, key, value)])
         self.ended = False
+        self._controls: list = []  # this batch's (ControlRecord, watermark at its position)
 
     def next_batch(self) -> list:
         """One fetched batch -> a Chunk per symbol (and one for undecodable
@@ -123,7 +124,7 @@ class _BarPartition(StatefulSourcePartition):
         groups: dict = {}  # key bytes -> _Group (None -> the undecodable records)
         copies: list = []
         start_watermark = watermark = self.watermark
-        self._controls = []  # (ControlRecord, the watermark at its position)
+        self._controls = []
         decode, iso, wire_bar, wire_marker = _WIRE.decode, _ISO_CACHE, _WireBar, _WireMarker
         for m in msgs:
             try:
@@ -213,7 +214,7 @@ class _BarPartition(StatefulSourcePartition):
         for g in groups.values():
             items.append(Chunk(p, seq, g.symbol, g.block(), g.offsets, prefix, g.dead))
             seq += 1
-        for rec, at in getattr(self, "_controls", ()):
+        for rec, at in self._controls:
             items.append(Control(p, seq, rec.control_id, rec.action, rec.flatten, at, rec.who, rec.why))
             seq += 1
         if watermark > start_watermark:

@@ -72,15 +72,22 @@ def publish_plan(cols, partitions, min_rows: int = 1) -> Iterator[PublishStep]:
 
 
 def publish_columns(producer: BarProducer, cols, min_rows: int = 1,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+                    progress: Callable[[int, int], None] | None = None,
+                    pace: Callable[[PublishStep], None] | None = None) -> tuple[int, int]:
     """Publish a whole bar file through `producer` by `publish_plan`, then
     flush. Returns (bars, markers) sent. `progress(bars_so_far, total)` is
-    called after each step."""
+    called after each step. With `pace(step)` (called before a step is sent,
+    e.g. to wait for its time at X times real time) every step is flushed
+    as soon as it is sent, so its minute is complete in Kafka then."""
     iso = iso_times(cols.ts)
     bars = markers = 0
     for step in publish_plan(cols, producer.partitions, min_rows=min_rows):
+        if pace is not None:
+            pace(step)
         bars += producer.send_rows(cols, step.rows, iso)
         producer.send_watermark(step.watermark)
+        if pace is not None:
+            producer.flush()
         markers += len(step.partitions)
         if progress is not None:
             progress(bars, len(cols))

@@ -88,39 +88,44 @@ def cmd_run(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from connectors.kafka import BarProducer, ensure_topic, iso_times, publish_columns, publish_plan
-
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
         raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
     if args.speed is not None and args.speed <= 0:
         raise UsageError(f"--speed must be above 0: {args.speed}")
-    cols = read_bar_file(args.bars)
-    partitions = ensure_topic(bootstrap, args.topic, args.partitions)
-    if partitions != args.partitions:
-        print(f"topic {args.topic} exists with {partitions} partitions; publishing into those",
+    publish_file(bootstrap, args.bars, args.topic, args.partitions, args.speed)
+    return 0
+
+
+def publish_file(bootstrap: str, bars_path: str, topic: str, partitions: int,
+                 speed: float | None = None) -> None:
+    """A bar file into `topic` (created with `partitions` when missing) with
+    event-time markers, as fast as possible or at `speed` times real time."""
+    from connectors.kafka import BarProducer, ensure_topic, publish_columns
+
+    cols = read_bar_file(bars_path)
+    existing = ensure_topic(bootstrap, topic, partitions)
+    if existing != partitions:
+        print(f"topic {topic} exists with {existing} partitions; publishing into those",
               file=sys.stderr)
     started = time.monotonic()
-    with BarProducer(bootstrap, args.topic) as producer:
-        if args.speed is None:
-            bars, markers = publish_columns(producer, cols, progress=_publish_progress(started))
-        else:
-            bars = markers = 0
-            iso = iso_times(cols.ts)
-            first = None
-            for step in publish_plan(cols, producer.partitions):
-                # a marker for watermark W is due when minute W - 60 ends, at X times real time
-                first = step.watermark if first is None else first
-                due = started + (step.watermark - first) / args.speed
-                time.sleep(max(0.0, due - time.monotonic()))
-                bars += producer.send_rows(cols, step.rows, iso)
-                producer.send_watermark(step.watermark)
-                producer.flush()
-                markers += len(step.partitions)
-                _publish_progress(started)(bars, len(cols))
-    print(f"published {bars:,} bars and {markers:,} event-time markers to {args.topic} "
-          f"({partitions} partitions) in {time.monotonic() - started:.1f} s")
-    return 0
+    pace = _pacer(started, speed) if speed is not None else None
+    with BarProducer(bootstrap, topic) as producer:
+        bars, markers = publish_columns(producer, cols, progress=_publish_progress(started), pace=pace)
+    print(f"published {bars:,} bars and {markers:,} event-time markers to {topic} "
+          f"({existing} partitions) in {time.monotonic() - started:.1f} s")
+
+
+def _pacer(started: float, speed: float):
+    """Wait until a step is due: the marker for watermark W goes out when
+    minute W - 60 ends, at `speed` times real time from the first marker."""
+    first: list = []
+
+    def pace(step) -> None:
+        if not first:
+            first.append(step.watermark)
+        time.sleep(max(0.0, started + (step.watermark - first[0]) / speed - time.monotonic()))
+    return pace
 
 
 def _publish_progress(started: float):
@@ -207,8 +212,7 @@ def cmd_demo(args) -> int:
             bootstrap = broker.bootstrap
             print(f"embedded Kafka (Tansu) on {bootstrap}")
         topic = f"demo-bars-{int(time.time())}"
-        publish = _Args(bars=bars, kafka=bootstrap, topic=topic, partitions=3, speed=None)
-        cmd_publish(publish)
+        publish_file(bootstrap, bars, topic, partitions=3)
         result = run_replay(bootstrap, topic, load_trading_config(None), dsn, "demo", workers=1)
     rate = result.bars / max(result.seconds, 1e-9)
     print(f"run {result.run_id}: {result.bars:,} bars from Kafka in {result.seconds:.1f} s "
@@ -216,11 +220,6 @@ def cmd_demo(args) -> int:
     _finish(open_client(dsn), result.run_id, os.path.join(args.dir, "out"), False)
     print(f"\nCSV files in {os.path.join(args.dir, 'out')}; ClickHouse data in {dsn}")
     return 0
-
-
-class _Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 _COMMANDS = {

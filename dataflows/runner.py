@@ -6,6 +6,7 @@ recovery on, sink writes are durable before each snapshot.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import threading
@@ -98,21 +99,18 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False) -> R
         kwargs = {"epoch_interval": timedelta(seconds=spec.snapshot_s),
                   "recovery_config": recovery.config}
     started = time.monotonic()
-    progress = BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id)) if show_progress else None
     try:
-        if progress:
-            progress.__enter__()
-        if spec.workers <= 1 and not spec.addresses:
-            run_main(flow, **kwargs)
-        else:
-            cluster_main(flow, spec.addresses, spec.process_id,
-                         worker_count_per_proc=spec.workers, **kwargs)
+        with contextlib.ExitStack() as stack:
+            if show_progress:
+                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id)))
+            if spec.workers <= 1 and not spec.addresses:
+                run_main(flow, **kwargs)
+            else:
+                cluster_main(flow, spec.addresses, spec.process_id,
+                             worker_count_per_proc=spec.workers, **kwargs)
     except BaseException:
         record_run_end(client, spec.run_id, 0, "failed")
         raise
-    finally:
-        if progress:
-            progress.__exit__()
     seconds = time.monotonic() - started
     bars = int(analytics.counts(client, spec.run_id)["bars"])
     record_run_end(client, spec.run_id, bars, "finished")

@@ -181,3 +181,23 @@ def test_halt_with_flatten_through_kafka_stops_entries_and_closes_positions(brok
 def test_halt_on_a_missing_topic_exits_2(broker):
     proc = cuts("halt", "--why", "x", "--kafka", broker, "--topic", "nope-topic", check=False)
     assert proc.returncode == 2 and "nope-topic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_publish_at_x_times_real_time_paces_minutes_and_replays_the_same(broker, tmp_path):
+    import pandas as pd
+
+    full = tmp_path / "full.parquet"
+    cuts("generate", "--symbols", "2", "--days", "1", "--seed", "3", "--out", str(full))
+    df = pd.read_parquet(full)
+    df = df[df["timestamp"] < df["timestamp"].min() + pd.Timedelta(minutes=31)]
+    path = tmp_path / "short.parquet"
+    df.to_parquet(path)
+    started = time.monotonic()
+    cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "paced", "--speed", "600")
+    # 31 minutes of markers, the last due 31 min / 600 = 3.1 s after the first (start-up is ~1.5 s)
+    assert time.monotonic() - started >= 3.0
+    cuts("backtest", "--kafka", broker, "--topic", "paced", "--clickhouse", f"chdb://{tmp_path / 'a'}",
+         "--out", str(tmp_path / "kafka"), "--run-id", "p", "--quiet")
+    cuts("backtest", "--bars", str(path), "--clickhouse", f"chdb://{tmp_path / 'b'}",
+         "--out", str(tmp_path / "file"), "--run-id", "p", "--quiet")
+    same_exports(tmp_path / "file", tmp_path / "kafka")
