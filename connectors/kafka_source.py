@@ -152,7 +152,7 @@ class KafkaBarSource(KafkaSource):
     def __init__(self, bootstrap: str, topic: str, *, tail: bool = True,
                  dead_letter_topic: str | None = None, batch_size: int = 10_000,
                  fetch_wait_ms: int = 10, add_config: dict | None = None,
-                 check_identity: bool = True):
+                 check_identity: bool = True, identity: str | None = None):
         brokers = [b.strip() for b in bootstrap.split(",") if b.strip()]
         config = {
             "fetch.wait.max.ms": str(fetch_wait_ms),
@@ -174,7 +174,7 @@ class KafkaBarSource(KafkaSource):
         self.tail = tail
         self.check_identity = check_identity
         self.dead_letter_topic = dead_letter_topic
-        self._identity: str | None = None
+        self._identity: str | None = identity  # the topic id, when the caller already read it
         self._partitions: list | None = None
         self._lock = threading.Lock()
         self._writer = _DeadLetterWriter(bootstrap, dead_letter_topic) if dead_letter_topic else None

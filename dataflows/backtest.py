@@ -63,7 +63,8 @@ def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_
     identity = topic_identity(bootstrap, topic)
     mode = "live" if live else "replay"
     run_id = run_id or f"{'live' if live else 'rp'}-{topic}-{identity[:8]}-{config_hash(config)[:6]}"
-    source = KafkaBarSource(bootstrap, topic, tail=live, dead_letter_topic=dead_letter_topic)
+    source = KafkaBarSource(bootstrap, topic, tail=live, dead_letter_topic=dead_letter_topic,
+                            identity=identity)
     spec = RunSpec(config, dsn, run_id, mode, workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, addresses=list(addresses or []), process_id=process_id,
                    source_identity={"topic": topic, "topic_identity": identity})
