@@ -62,6 +62,23 @@ class Control:
     why: str
 
 
+# Partition ids of the `trade_updates` topic's source partitions: offset so
+# they never collide with the `bars` topic's partition numbers.
+TRADE_UPDATES_PARTITION_BASE = 1 << 20
+
+
+@dataclass(slots=True)
+class BrokerEvent:
+    """A broker trade update (`operators.types.TradeUpdate`) from a
+    `trade_updates` partition. It is applied before the bars of the minute
+    of `update.ts`; that partition's `Watermark.ts` is a minute start: every
+    later update of the partition has ts >= it."""
+
+    partition: int
+    seq: int
+    update: object  # TradeUpdate
+
+
 @dataclass(slots=True)
 class SymbolResult:
     partition: int

@@ -132,6 +132,36 @@ class ControlEvent:
 
 
 @dataclass(slots=True)
+class TradeUpdate:
+    """What the broker did with one of our orders: an Alpaca trade update
+    (`trade_updates` stream) or a submission the broker refused.
+
+    `order_id` is the portfolio's order id (`Order.order_id`, the
+    client_order_id without its `{run}.` prefix); the protective OCO of an
+    entry is `{entry order id}.oco`, whose `leg` says which side acted
+    (`stop` or `target`; "" for every other order).
+    """
+
+    order_id: str
+    event: str  # new | fill | partial_fill | canceled | expired | rejected | replaced | submit_failed
+    symbol: str
+    side: str  # buy | sell
+    ts: int  # broker time, epoch seconds: applied before the bars of its minute
+    leg: str = ""  # "" | stop | target
+    filled_qty: int = 0  # the order's cumulative filled quantity after this event
+    fill_qty: int = 0  # this fill's quantity (fill / partial_fill), else 0
+    fill_price: float = 0.0  # this fill's price, else 0
+    broker_order_id: str = ""
+    stop_price: float = 0.0  # the stop leg's price when known (new / replaced)
+    detail: str = ""  # why it was rejected / failed
+
+
+TRADE_UPDATE_EVENTS = frozenset({
+    "new", "fill", "partial_fill", "canceled", "expired", "rejected", "replaced", "submit_failed",
+})
+
+
+@dataclass(slots=True)
 class SymbolOutput:
     """What the per-symbol stage emits for one input chunk."""
 
