@@ -101,6 +101,7 @@ class PortfolioStage:
     applied_until: int = -1  # bars with ts < this were applied
     controls: dict = field(default_factory=dict)  # control_id -> earliest copy, not yet applied
     applied_controls: set = field(default_factory=set)
+    updates: list = field(default_factory=list)  # (minute, partition, seq, TradeUpdate) not yet applied
 
     @classmethod
     def new(cls, portfolio: Portfolio, partitions) -> "PortfolioStage":
@@ -138,6 +139,11 @@ class PortfolioStage:
                 if known is None or item.ts < known.ts:
                     self.controls[item.control_id] = item
             return
+        if isinstance(item, BrokerEvent):
+            # the broker's truth is never dropped: a late one applies at the next bars
+            minute = max(item.update.ts - item.update.ts % 60, self.applied_until)
+            self.updates.append((minute, item.partition, item.seq, item.update))
+            return
         result = item.output
         blocks = list(result.blocks)
         if result.bars:
@@ -171,8 +177,13 @@ class PortfolioStage:
         self.buffer = keep
         controls = sorted((c for c in self.controls.values() if c.ts < watermark),
                           key=lambda c: (c.ts, c.control_id))
+        updates = []
+        if self.updates:
+            updates = sorted(u for u in self.updates if u[0] < watermark)
+            self.updates = [u for u in self.updates if u[0] >= watermark]
         if ready:
-            self._apply_in_order(ready, out, controls)
+            self._apply_in_order(ready, out, controls, updates)
+        self._apply_updates(updates, END_OF_TIME, out)
         self._apply_controls(controls, END_OF_TIME, out)
         # every minute below the watermark is complete
         self.portfolio.close_minute(out)
@@ -185,7 +196,16 @@ class PortfolioStage:
             self.applied_controls.add(c.control_id)
             self.portfolio.apply_control(c, out)
 
-    def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = ()) -> None:
+    def _apply_updates(self, updates: list, before: int, out: PortfolioOutput) -> None:
+        """Apply (and drop from `updates`) the trade updates of minutes up to `before`."""
+        i = 0
+        while i < len(updates) and updates[i][0] <= before:
+            self.portfolio.apply_update(updates[i][3], out)
+            i += 1
+        del updates[:i]
+
+    def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = (),
+                        updates: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
         symbols = sorted({b.symbol for b, _ in ready})
         rank = {s: i for i, s in enumerate(symbols)}
@@ -201,6 +221,8 @@ class PortfolioStage:
         apply = self.portfolio.apply
         no_signals: dict = {}
         for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
+            if updates and updates[0][0] <= t:
+                self._apply_updates(updates, t, out)
             if controls and controls[0].ts <= t:
                 self._apply_controls(controls, t, out)
             symbol = symbols[r]

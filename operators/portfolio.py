@@ -29,6 +29,7 @@ class Position:
     hwm: float
     trailed: bool = False
     exit_queued: bool = False
+    entry_order_id: str = ""  # live: the entry order (its OCO is `{entry_order_id}.oco`)
 
 
 @dataclass(slots=True)
@@ -308,7 +309,7 @@ class Portfolio:
                     leg: str = "exit") -> None:
         order = Order(
             f"{p.strategy_id}.{p.symbol}.{ts}.{leg}", p.strategy_id, p.symbol,
-            SELL, p.qty, ts, close, intent,
+            SELL, p.qty, ts, close, intent, parent_id=p.entry_order_id,
         )
         out.orders.append(order)
         p.exit_queued = True

@@ -66,7 +66,12 @@ class Order:
     qty: int
     decided_ts: int
     decision_price: float
-    intent: str  # entry | signal | time_stop | flatten | kill_switch
+    intent: str  # entry | signal | time_stop | flatten | kill_switch; live only: protect | trail | cancel
+    # Live trading (broker fills) only: the protective OCO's prices (`protect`,
+    # `trail`) and the entry an exit or OCO belongs to.
+    stop_price: float = 0.0
+    target_price: float = 0.0
+    parent_id: str = ""
 
 
 @dataclass(slots=True)
