@@ -95,6 +95,13 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
                   ("who", _S, "s"), ("why", _S, "s"), ("exits_queued", _I, "s"),
                   ("entries_canceled", _I, "s")],
                  ("control_id",)),
+    # live / paper: what was sent to the broker, its answer and how long it took
+    "broker_orders": ([("order_id", _S, "s"), ("client_order_id", _S, "s"), ("intent", _S, "s"),
+                       ("symbol", _S, "s"), ("side", _S, "s"), ("qty", _I, "s"), ("decided_ts", TS, "t"),
+                       ("decision_price", _F, "s"), ("broker_order_id", _S, "s"), ("status", _S, "s"),
+                       ("adopted", "Bool", "s"), ("detail", _S, "s"), ("acked_at_ms", _I, "s"),
+                       ("decision_lag_ms", _F, "s"), ("submit_ms", _F, "s")],
+                      ("client_order_id", "intent", "decided_ts")),
 }
 RUNS_COLUMNS: list[tuple[str, str]] = [
     ("run_id", _S), ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"),
@@ -333,7 +340,7 @@ def record_run_end(client, run_id: str, bar_count: int, status: str, *,
 
 
 RUN_TABLES = ("bars", "signals", "orders", "fills", "trades", "equity", "rejections", "dead_letters",
-              "controls")
+              "controls", "broker_orders")
 
 
 def clear_run(client, run_id: str, database: str = DATABASE) -> None:

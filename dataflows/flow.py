@@ -20,6 +20,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators.config import TradingConfig
 from operators.columnar import BarBlock, ColumnarSymbolState, step_block
 from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
+from operators.live_portfolio import BrokerPortfolio
 from operators.portfolio import Portfolio
 from operators.signals import SignalRules
 from operators.types import SymbolOutput
@@ -29,6 +30,7 @@ from operators.types import SymbolOutput
 class FlowSettings:
     config: TradingConfig
     run_id: str
+    broker_fills: bool = False  # paper / live: positions from the broker's trade updates
 
 
 class SymbolLogic(StatefulBatchLogic):
@@ -55,8 +57,12 @@ class SymbolLogic(StatefulBatchLogic):
 
 
 class PortfolioLogic(StatefulBatchLogic):
-    def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None):
-        self.stage = resume if resume is not None else PortfolioStage.new(Portfolio.new(config), partitions)
+    def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None,
+                 broker_fills: bool = False):
+        if resume is None:
+            portfolio = BrokerPortfolio.new(config) if broker_fills else Portfolio.new(config)
+            resume = PortfolioStage.new(portfolio, partitions)
+        self.stage = resume
 
     def on_batch(self, items):
         out = self.stage.on_items(items)
@@ -70,12 +76,17 @@ class PortfolioLogic(StatefulBatchLogic):
         return copy.deepcopy(self.stage)
 
 
-def build_flow(settings: FlowSettings, source, sink, partitions) -> Dataflow:
+def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source=None,
+               trade_partitions=(), broker_sink=None) -> Dataflow:
     """`source` emits Chunk/Watermark items from `partitions`; `sink` takes
-    SymbolOutput and PortfolioOutput items."""
+    SymbolOutput and PortfolioOutput items. Trading (paper or live) adds
+    `trade_source` (BrokerEvent/Watermark items of the `trade_updates` topic,
+    from `trade_partitions`) and `broker_sink` (PortfolioOutputs: their orders
+    go to the broker)."""
     rules = SignalRules.from_config(settings.config)
     config = settings.config
-    parts = list(partitions)
+    parts = list(partitions) + list(trade_partitions)
+    broker_fills = settings.broker_fills
 
     flow = Dataflow("thousandcuts")
     events = op.input("bars_in", flow, source)
@@ -87,10 +98,16 @@ def build_flow(settings: FlowSettings, source, sink, partitions) -> Dataflow:
     results = op.key_rm("symbol_results", symbol_results)
     op.output("symbol_sink", op.map("symbol_outputs", results, lambda r: r.output), sink)
 
-    to_portfolio = op.merge("to_portfolio", results, split.falses)
+    streams = [results, split.falses]
+    if trade_source is not None:
+        streams.append(op.input("trade_updates_in", flow, trade_source))
+    to_portfolio = op.merge("to_portfolio", *streams)
     keyed = op.key_on("portfolio_key", to_portfolio, lambda _: "portfolio")
     decisions = op.stateful_batch(
-        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume)
+        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills)
     )
-    op.output("portfolio_sink", op.key_rm("decisions", decisions), sink)
+    outputs = op.key_rm("decisions", decisions)
+    op.output("portfolio_sink", outputs, sink)
+    if broker_sink is not None:
+        op.output("broker_sink", outputs, broker_sink)
     return flow

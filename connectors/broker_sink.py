@@ -1,0 +1,243 @@
+"""The broker sink: the portfolio's orders to Alpaca, and protection at once
+when an entry fills.
+
+`BrokerExecution` turns one `Order` of the live portfolio into calls on
+alpaca-py's `TradingClient` (through `AlpacaBroker`, idempotent by
+client_order_id, so at-least-once delivery after a recovery never places an
+order twice):
+
+  entry, exits (signal, time_stop, kill_switch) -> market order; an exit
+      first cancels the position's protective OCO and is skipped when the OCO
+      already filled (the position is closed: selling again would go short);
+  protect -> the OCO (stop + target) of a filled entry;
+  trail   -> moves the OCO's stop leg up (never down);
+  cancel  -> cancels an entry still open (kill switch with --flatten).
+
+A refusal (`BrokerRejected`), or a broker still unavailable after the retries,
+goes back to the flow as a `submit_failed` trade update (it counts toward the
+order-failure circuit breaker) through `publish`. Every call is recorded as a
+`BrokerOrderRecord` (ClickHouse table `broker_orders`): the broker's id and
+status, whether it was adopted, and the latency from the decision bar's close
+to the sink and from the sink to the broker's answer.
+
+`ProtectOnFill` is the reaction the trade-updates relay runs on each update:
+an entry filled in one piece gets its OCO within milliseconds, from the fill
+price (the portfolio asks for the same OCO, same id, once it applies the fill:
+that second request is adopted as a duplicate).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from alpaca.common.exceptions import APIError
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.broker import (
+    AlpacaBroker, BrokerRejected, BrokerRetriable, Submitted, client_order_id, to_protection_request,
+    to_stop_replace, to_tick,
+)
+from operators.types import BUY, SELL, Order, TradeUpdate
+
+log = logging.getLogger(__name__)
+
+MARKET_INTENTS = frozenset({"entry", "signal", "time_stop", "kill_switch", "flatten"})
+OPEN = frozenset({"new", "partially_filled", "accepted", "pending_new", "held", "pending_cancel",
+                  "pending_replace", "accepted_for_bidding", "calculated", "done_for_day"})
+
+
+@dataclass(slots=True)
+class BrokerOrderRecord:
+    order_id: str
+    client_order_id: str
+    intent: str
+    symbol: str
+    side: str
+    qty: int
+    decided_ts: int
+    decision_price: float
+    broker_order_id: str
+    status: str  # the broker's, or failed | skipped
+    adopted: bool
+    detail: str
+    acked_at_ms: int
+    decision_lag_ms: float  # the decision bar's close -> this sink
+    submit_ms: float  # this sink -> the broker's answer
+
+
+def _status(order) -> str:
+    status = getattr(order, "status", "")
+    return str(getattr(status, "value", status))
+
+
+class BrokerExecution:
+    """One order at a time, in decision order (the portfolio is one key)."""
+
+    def __init__(self, broker: AlpacaBroker, publish, record, *, retries: int = 4,
+                 backoff_s: float = 0.5, cancel_wait_s: float = 5.0, clock=time.time,
+                 sleep=time.sleep):
+        self.broker, self.publish, self.record = broker, publish, record
+        self.client, self.run_id = broker.client, broker.run_id
+        self.retries, self.backoff_s, self.cancel_wait_s = retries, backoff_s, cancel_wait_s
+        self.clock, self.sleep = clock, sleep
+
+    def execute(self, order: Order) -> BrokerOrderRecord:
+        received = self.clock()
+        cid = client_order_id(self.run_id, order.order_id)
+        try:
+            if order.intent in MARKET_INTENTS:
+                if order.side == SELL and order.parent_id and self._protection_filled(order.parent_id):
+                    return self._record(order, cid, received, "", "skipped", False,
+                                        "protective OCO already filled: position closed at the broker")
+                done = self._retrying(lambda: self.broker.submit_order(order))
+            elif order.intent == "protect":
+                cid = client_order_id(self.run_id, order.parent_id, "oco")
+                done = self._retrying(lambda: self.broker.submit(to_protection_request(
+                    self.run_id, order.parent_id, order.symbol, order.qty, order.stop_price,
+                    order.target_price)))
+            elif order.intent == "trail":
+                cid = client_order_id(self.run_id, order.parent_id, "oco")
+                done = self._retrying(lambda: self._move_stop(cid, order.stop_price))
+            elif order.intent == "cancel":
+                done = self._retrying(lambda: self._cancel(cid))
+            else:
+                raise ValueError(f"unknown order intent {order.intent!r}")
+        except (BrokerRejected, BrokerRetriable) as exc:
+            if order.intent in MARKET_INTENTS or order.intent == "protect":
+                self.publish(TradeUpdate(order.order_id if order.intent != "protect" else
+                                         f"{order.parent_id}.oco", "submit_failed", order.symbol,
+                                         order.side, int(self.clock()), detail=str(exc)))
+            log.warning("broker refused %s %s: %s", order.intent, cid, exc)
+            return self._record(order, cid, received, "", "failed", False, str(exc))
+        if done is None:
+            return self._record(order, cid, received, "", "skipped", False, "nothing to do")
+        return self._record(order, cid, received, done.order_id, done.status, done.adopted, "")
+
+    # -- the calls ------------------------------------------------------------
+    def _retrying(self, call):
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except BrokerRetriable:
+                if attempt == self.retries:
+                    raise
+                self.sleep(delay)
+                delay *= 2
+
+    def _get_by_cid(self, cid: str):
+        try:
+            return self.client.get_order_by_client_id(cid)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise _typed(exc, cid) from None
+
+    def _protection_filled(self, entry_id: str) -> bool:
+        """Cancel the entry's OCO; True when it (a leg) filled first."""
+        cid = client_order_id(self.run_id, entry_id, "oco")
+        oco = self._get_by_cid(cid)
+        if oco is None:
+            return False
+        if _status(oco) in OPEN:
+            try:
+                self.client.cancel_order_by_id(str(oco.id))
+            except APIError as exc:
+                if exc.status_code != 422:  # 422: no longer cancelable (filled meanwhile)
+                    raise _typed(exc, cid) from None
+            deadline = self.clock() + self.cancel_wait_s
+            while _status(oco) in OPEN and self.clock() < deadline:
+                self.sleep(0.05)
+                oco = self._get_by_cid(cid)
+        legs = [oco, *(getattr(oco, "legs", None) or [])]
+        return any(_status(o) in ("filled", "partially_filled") for o in legs)
+
+    def _move_stop(self, cid: str, stop_price: float):
+        oco = self._get_by_cid(cid)
+        if oco is None:
+            return None
+        for leg in [oco, *(getattr(oco, "legs", None) or [])]:
+            leg_type = str(getattr(getattr(leg, "type", None), "value", getattr(leg, "type", "")))
+            if leg_type == "stop" and _status(leg) in OPEN:
+                current = float(leg.stop_price or 0)
+                if to_tick(stop_price, "up") <= current:
+                    return None  # only ever up (a replayed, older raise does nothing)
+                try:
+                    new = self.client.replace_order_by_id(str(leg.id), to_stop_replace(stop_price))
+                except APIError as exc:
+                    raise _typed(exc, cid) from None
+                return Submitted(str(new.id), cid, _status(new), adopted=False)
+        return None
+
+    def _cancel(self, cid: str):
+        order = self._get_by_cid(cid)
+        if order is None or _status(order) not in OPEN:
+            return None
+        try:
+            self.client.cancel_order_by_id(str(order.id))
+        except APIError as exc:
+            if exc.status_code != 422:
+                raise _typed(exc, cid) from None
+        return Submitted(str(order.id), cid, "pending_cancel", adopted=False)
+
+    def _record(self, order: Order, cid: str, received: float, broker_id: str, status: str,
+                adopted: bool, detail: str) -> BrokerOrderRecord:
+        acked = self.clock()
+        rec = BrokerOrderRecord(
+            order.order_id, cid, order.intent, order.symbol, order.side, order.qty, order.decided_ts,
+            order.decision_price, broker_id, status, adopted, detail[:500], int(acked * 1000),
+            (received - (order.decided_ts + 60)) * 1000, (acked - received) * 1000)
+        self.record(rec)
+        return rec
+
+
+def _typed(exc: APIError, cid: str) -> Exception:
+    status = exc.status_code
+    if status is None or status in (429,) or status >= 500:
+        return BrokerRetriable(f"broker unavailable for {cid} (HTTP {status})")
+    return BrokerRejected(status, None, f"{cid}: HTTP {status}")
+
+
+class ProtectOnFill:
+    """Relay hook: an entry filled in one piece gets its OCO at once."""
+
+    def __init__(self, broker: AlpacaBroker, stop_loss_pct: float, take_profit_pct: float):
+        self.broker, self.sl, self.tp = broker, stop_loss_pct, take_profit_pct
+
+    def __call__(self, u: TradeUpdate) -> None:
+        if (u.event != "fill" or u.side != BUY or u.leg or not u.order_id.endswith(".entry")
+                or u.fill_qty != u.filled_qty):
+            return  # partial entries are protected by the portfolio once they end
+        try:
+            self.broker.submit(to_protection_request(
+                self.broker.run_id, u.order_id, u.symbol, u.filled_qty,
+                u.fill_price * (1 - self.sl), u.fill_price * (1 + self.tp)))
+        except (BrokerRejected, BrokerRetriable) as exc:
+            log.warning("protection of %s not placed now (the flow asks again): %s", u.order_id, exc)
+
+
+class _BrokerPartition(StatelessSinkPartition):
+    def __init__(self, execution: BrokerExecution, progress):
+        self.execution, self.progress = execution, progress
+
+    def write_batch(self, items) -> None:
+        for out in items:  # PortfolioOutput, in decision order
+            for order in out.orders:
+                self.execution.execute(order)
+            if self.progress is not None and out.equity:
+                self.progress(out.equity[-1].ts, len(out.orders))
+
+
+class BrokerSink(DynamicSink):
+    """Bytewax sink of the portfolio's `PortfolioOutput`s (only the worker
+    holding the portfolio receives any): their orders go to the broker in
+    decision order. `make_execution()` builds the I/O per worker;
+    `progress(minute, orders)` is told each completed minute after its orders
+    were sent."""
+
+    def __init__(self, make_execution, progress=None):
+        self.make_execution, self.progress = make_execution, progress
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _BrokerPartition:
+        return _BrokerPartition(self.make_execution(), self.progress)
