@@ -31,6 +31,7 @@ class FlowSettings:
     config: TradingConfig
     run_id: str
     broker_fills: bool = False  # paper / live: positions from the broker's trade updates
+    sessions: dict | None = None  # broker fills: market sessions (no entries outside them)
 
 
 class SymbolLogic(StatefulBatchLogic):
@@ -58,9 +59,10 @@ class SymbolLogic(StatefulBatchLogic):
 
 class PortfolioLogic(StatefulBatchLogic):
     def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None,
-                 broker_fills: bool = False):
+                 broker_fills: bool = False, sessions: dict | None = None):
         if resume is None:
-            portfolio = BrokerPortfolio.new(config) if broker_fills else Portfolio.new(config)
+            portfolio = (BrokerPortfolio.new(config, sessions) if broker_fills
+                         else Portfolio.new(config))
             resume = PortfolioStage.new(portfolio, partitions)
         self.stage = resume
 
@@ -86,7 +88,7 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     rules = SignalRules.from_config(settings.config)
     config = settings.config
     parts = list(partitions) + list(trade_partitions)
-    broker_fills = settings.broker_fills
+    broker_fills, sessions = settings.broker_fills, settings.sessions
 
     flow = Dataflow("thousandcuts")
     events = op.input("bars_in", flow, source)
@@ -104,7 +106,7 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     to_portfolio = op.merge("to_portfolio", *streams)
     keyed = op.key_on("portfolio_key", to_portfolio, lambda _: "portfolio")
     decisions = op.stateful_batch(
-        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills)
+        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills, sessions)
     )
     outputs = op.key_rm("decisions", decisions)
     op.output("portfolio_sink", outputs, sink)

@@ -78,7 +78,18 @@ class BarsWrittenProgress:
         print("", file=self.stream)
 
 
-def execute(spec: RunSpec, source, partitions, show_progress: bool = False) -> RunResult:
+@dataclass
+class Trading:
+    """Paper / live trading: the broker's trade updates in, orders out."""
+
+    trade_source: object  # BrokerEvent / Watermark items of the trade_updates topic
+    trade_partitions: list
+    broker_sink: object  # PortfolioOutputs -> the broker
+    sessions: dict = field(default_factory=dict)  # market sessions from the broker's calendar
+
+
+def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
+            trading: Trading | None = None) -> RunResult:
     """Run the flow over `source` into ClickHouse; returns when the source ends."""
     client = open_client(spec.dsn)
     ensure_schema(client)
@@ -93,7 +104,13 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False) -> R
     record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
     durable = recovery is not None or spec.mode == "live"
     sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable)
-    flow = build_flow(FlowSettings(spec.config, spec.run_id), source, sink, partitions)
+    settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
+                            sessions=trading.sessions if trading is not None else None)
+    if trading is None:
+        flow = build_flow(settings, source, sink, partitions)
+    else:
+        flow = build_flow(settings, source, sink, partitions, trade_source=trading.trade_source,
+                          trade_partitions=trading.trade_partitions, broker_sink=trading.broker_sink)
     kwargs = {}
     if recovery is not None:
         kwargs = {"epoch_interval": timedelta(seconds=spec.snapshot_s),

@@ -28,7 +28,7 @@ from operators.calendar import trading_day
 from operators.config import TradingConfig
 from operators.portfolio import PendingOrder, Portfolio, Position, Rules
 from operators.types import (
-    BUY, SELL, ControlEvent, DeadLetter, Fill, Order, PortfolioOutput, Trade, TradeUpdate,
+    BUY, SELL, ControlEvent, DeadLetter, Fill, Order, PortfolioOutput, Rejection, Trade, TradeUpdate,
 )
 
 SUCCESS_EVENTS = frozenset({"new", "fill", "partial_fill", "replaced"})
@@ -57,11 +57,15 @@ class BrokerPortfolio(Portfolio):
     orders: dict = field(default_factory=dict)  # open order id -> PendingOrder (entries and exits)
     closing: dict = field(default_factory=dict)  # (symbol, strategy) -> Closing
     cancel_requested: set = field(default_factory=set)  # entries a flatten asked to cancel
+    # trading day (New York date ordinal) -> (open, close) epoch seconds, from
+    # the broker's calendar; empty: no session check
+    sessions: dict = field(default_factory=dict)
 
     @classmethod
-    def new(cls, cfg: TradingConfig) -> "BrokerPortfolio":
+    def new(cls, cfg: TradingConfig, sessions: dict | None = None) -> "BrokerPortfolio":
         return cls(Rules.from_config(cfg), float(cfg.risk.initial_cash),
-                   max_order_failures=cfg.risk.max_consecutive_order_failures)
+                   max_order_failures=cfg.risk.max_consecutive_order_failures,
+                   sessions=dict(sessions or {}))
 
     # -- bars: the steps of section 4 the broker does not do ----------------
     def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
@@ -113,6 +117,12 @@ class BrokerPortfolio(Portfolio):
                     self._consider_entry(s, symbol, ts, out)
 
     def _consider_entry(self, sig, symbol: str, ts: int, out: PortfolioOutput) -> None:
+        if self.sessions and not self.in_session(ts + 60):
+            # its market order would fill outside the session (or tomorrow): no entry
+            key = (symbol, sig.strategy_id)
+            if key not in self.positions and not self._entry_pending(key):
+                out.rejections.append(Rejection(sig.strategy_id, symbol, ts, "market_closed", sig.price))
+            return
         queued = self.pending.get(symbol)
         before = len(queued) if queued else 0
         Portfolio._consider_entry(self, sig, symbol, ts, out)
@@ -128,6 +138,10 @@ class BrokerPortfolio(Portfolio):
         if not self.pending[p.symbol]:
             del self.pending[p.symbol]
         self.orders[po.order.order_id] = po
+
+    def in_session(self, ts: int) -> bool:
+        session = self.sessions.get(trading_day(ts))
+        return session is not None and session[0] <= ts < session[1]
 
     # -- kill switch ------------------------------------------------------
     def apply_control(self, control, out: PortfolioOutput) -> None:

@@ -205,3 +205,19 @@ def test_a_fill_of_an_unknown_order_is_a_dead_letter_not_a_position():
     p.apply_update(TradeUpdate("other.AAA.1.entry", "fill", "AAA", BUY, T0, filled_qty=5, fill_qty=5,
                                fill_price=10.0), out)
     assert not p.positions and [d.reason for d in out.dead_letters] == ["unknown_order_fill"]
+
+
+def test_no_entry_whose_fill_would_fall_outside_the_session():
+    from operators.calendar import trading_day
+    from operators.types import PortfolioOutput
+    close = T0 + 60 * 390  # 16:00 New York
+    p = BrokerPortfolio.new(config(), sessions={trading_day(T0): (T0, close)})
+    out = PortfolioOutput()
+    sig = lambda ts: [Signal("sma_2_3", "AAA", BUY, ts, 100.0, 0.8, 0.02, 0.01, 2.0)]  # noqa: E731
+    p.apply("AAA", close - 60, 100.0, 100.1, 99.9, 100.0, sig(close - 60), out)  # 15:59: fills at 16:00
+    assert [r.reason for r in out.rejections] == ["market_closed"] and not out.orders
+    p.apply("AAA", close - 120, 100.0, 100.1, 99.9, 100.0, sig(close - 120), out)  # 15:58: fills 15:59
+    assert [o.intent for o in out.orders] == ["entry"]
+    nxt = T0 + 86_400 * 4  # a day the calendar does not list (a holiday, say)
+    p.apply("BBB", nxt, 100.0, 100.1, 99.9, 100.0, [Signal("sma_2_3", "BBB", BUY, nxt, 100.0, 0.8, 0.02, 0.01, 2.0)], out)
+    assert out.rejections[-1].reason == "market_closed"
