@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse")
     rp.add_argument("--run-id", help="run id (default: the latest run)")
     rp.add_argument("--clickhouse", help="chdb:///dir or http://host:8123")
+    rp.add_argument("--against", metavar="RUN_ID",
+                    help="compare the run (a live or paper one; default: the latest other run) with "
+                         "this backtest of the same bars: slippage, missed and extra trades")
+    rp.add_argument("--csv", metavar="PATH", help="with --against: also write the per-trade comparison here")
 
     gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
     gen.add_argument("--symbols", type=_positive_int, required=True)

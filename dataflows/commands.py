@@ -168,6 +168,8 @@ def cmd_control(args) -> int:
 
 def cmd_report(args) -> int:
     client = open_client(clickhouse_dsn(args.clickhouse))
+    if args.against is not None or args.csv is not None:
+        return _report_against(client, args)
     run_id = args.run_id or analytics.latest_run_id(client)
     if run_id is None:
         raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
@@ -183,6 +185,29 @@ def _report(client, run_id: str) -> str:
     breakdowns = {by: analytics.breakdown(client, run_id, by)
                   for by in ("strategy", "exit_reason", "symbol", "day")}
     return analytics.format_report(perf, breakdowns, analytics.counts(client, run_id))
+
+
+def _report_against(client, args) -> int:
+    """`cuts report --against BACKTEST`: the live run (default: the latest
+    other run) versus the backtest of the same bars."""
+    from connectors import compare
+
+    if args.against is None:
+        raise UsageError("--csv needs --against RUN_ID")
+    run_id = args.run_id or compare.latest_other_run(client, args.against)
+    if run_id is None:
+        raise UsageError(f"no run to compare with {args.against}: pass --run-id")
+    for rid in (args.against, run_id):
+        if not analytics.run_info(client, rid):
+            raise UsageError(f"unknown run id: {rid}")
+    if run_id == args.against:
+        raise UsageError(f"--run-id and --against are the same run: {run_id}")
+    result = compare.compare_runs(client, run_id, args.against)
+    if args.csv:
+        rows = compare.write_comparison_csv(result, args.csv)
+        print(f"wrote {rows} compared trades to {args.csv}", file=sys.stderr)
+    print(compare.format_comparison(result))
+    return 0
 
 
 def cmd_generate(args) -> int:
