@@ -96,3 +96,8 @@ def trading_mode(live_flag: bool) -> str:
 def operator_name(cli_value: str | None) -> str:
     """Who issued a halt or resume: --who, else the login name from the environment."""
     return cli_value or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
+def alpaca_trading_url() -> str | None:
+    """ALPACA_TRADING_URL: the trading REST base URL override (None: Alpaca's own)."""
+    return os.environ.get("ALPACA_TRADING_URL") or None

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         from dataflows import live_commands
 
         live_commands.register(sub)
+    if importlib.util.find_spec("dataflows.reconcile_command") is not None:
+        from dataflows import reconcile_command
+
+        reconcile_command.register(sub)
 
     demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")

@@ -29,12 +29,19 @@ if importlib.util.find_spec("dataflows.live_commands") is not None:
     from dataflows import live_commands as _LIVE
 
     USER_ERRORS = USER_ERRORS + tuple(_LIVE.USER_ERRORS)
+_RECONCILE = None
+if importlib.util.find_spec("dataflows.reconcile_command") is not None:
+    from dataflows import reconcile_command as _RECONCILE
+
+    USER_ERRORS = USER_ERRORS + tuple(_RECONCILE.USER_ERRORS)
 
 
 def dispatch(args) -> int:
     try:
         if args.command in _COMMANDS:
             return _COMMANDS[args.command](args)
+        if _RECONCILE is not None and args.command in _RECONCILE.COMMANDS:
+            return _RECONCILE.COMMANDS[args.command](args)
         return _LIVE.COMMANDS[args.command](args)
     finally:
         close_clients()  # on the main thread (closing from a worker thread hangs)
