@@ -70,12 +70,14 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
                  ("stop_loss_pct", _F, "s"), ("risk_reward", _F, "s"), ("filtered_reason", _S, "r")],
                 ("symbol", "ts", "strategy_id", "side")),
     "orders": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),
-                ("qty", _I, "s"), ("decided_ts", TS, "t"), ("decision_price", _F, "s"), ("intent", _S, "s")],
-               ("order_id",)),
+                ("qty", _I, "s"), ("decided_ts", TS, "t"), ("decision_price", _F, "s"), ("intent", _S, "s"),
+                ("stop_price", _F, "s"), ("target_price", _F, "s"), ("parent_id", _S, "s")],
+               # live: an entry's cancel, its OCO's protect and trail requests share ids
+               ("order_id", "intent", "decided_ts")),
     "fills": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),
                ("qty", _I, "s"), ("ts", TS, "t"), ("price", _F, "s"), ("commission", _F, "s"),
                ("reason", _S, "s")],
-              ("order_id",)),
+              ("order_id", "ts", "qty", "price")),  # live: an order may fill in parts
     "trades": ([("trade_id", _S, "s"), ("symbol", _S, "s"), ("strategy_id", _S, "s"), ("qty", _I, "s"),
                 ("entry_time", TS, "t"), ("entry_price", _F, "s"), ("exit_time", TS, "t"),
                 ("exit_price", _F, "s"), ("exit_reason", _S, "s"), ("pnl", _F, "s"),
