@@ -32,6 +32,7 @@ class FlowSettings:
     run_id: str
     broker_fills: bool = False  # paper / live: positions from the broker's trade updates
     sessions: dict | None = None  # broker fills: market sessions (no entries outside them)
+    blocked: frozenset = frozenset()  # broker fills: unreconciled symbols (no orders)
 
 
 class SymbolLogic(StatefulBatchLogic):
@@ -59,10 +60,14 @@ class SymbolLogic(StatefulBatchLogic):
 
 class PortfolioLogic(StatefulBatchLogic):
     def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None,
-                 broker_fills: bool = False, sessions: dict | None = None):
+                 broker_fills: bool = False, sessions: dict | None = None, blocked=frozenset()):
         if resume is None:
-            portfolio = (BrokerPortfolio.new(config, sessions) if broker_fills
+            portfolio = (BrokerPortfolio.new(config, sessions, blocked) if broker_fills
                          else Portfolio.new(config))
+        elif broker_fills:  # a restart reconciled again: today's blocked symbols and sessions
+            resume.portfolio.blocked = frozenset(blocked)
+            if sessions:
+                resume.portfolio.sessions = dict(sessions)
             resume = PortfolioStage.new(portfolio, partitions)
         self.stage = resume
 
@@ -88,7 +93,7 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     rules = SignalRules.from_config(settings.config)
     config = settings.config
     parts = list(partitions) + list(trade_partitions)
-    broker_fills, sessions = settings.broker_fills, settings.sessions
+    broker_fills, sessions, blocked = settings.broker_fills, settings.sessions, settings.blocked
 
     flow = Dataflow("thousandcuts")
     events = op.input("bars_in", flow, source)
@@ -106,7 +111,7 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     to_portfolio = op.merge("to_portfolio", *streams)
     keyed = op.key_on("portfolio_key", to_portfolio, lambda _: "portfolio")
     decisions = op.stateful_batch(
-        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills, sessions)
+        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills, sessions, blocked)
     )
     outputs = op.key_rm("decisions", decisions)
     op.output("portfolio_sink", outputs, sink)

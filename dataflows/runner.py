@@ -86,6 +86,7 @@ class Trading:
     trade_partitions: list
     broker_sink: object  # PortfolioOutputs -> the broker
     sessions: dict = field(default_factory=dict)  # market sessions from the broker's calendar
+    blocked: frozenset = frozenset()  # unreconciled symbols: no orders
 
 
 def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
@@ -105,7 +106,8 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
     durable = recovery is not None or spec.mode == "live"
     sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable)
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
-                            sessions=trading.sessions if trading is not None else None)
+                            sessions=trading.sessions if trading is not None else None,
+                            blocked=trading.blocked if trading is not None else frozenset())
     if trading is None:
         flow = build_flow(settings, source, sink, partitions)
     else:

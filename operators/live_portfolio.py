@@ -60,12 +60,15 @@ class BrokerPortfolio(Portfolio):
     # trading day (New York date ordinal) -> (open, close) epoch seconds, from
     # the broker's calendar; empty: no session check
     sessions: dict = field(default_factory=dict)
+    # symbols whose broker state is unclear (reconciliation): no orders at all until decided
+    blocked: frozenset = frozenset()
 
     @classmethod
-    def new(cls, cfg: TradingConfig, sessions: dict | None = None) -> "BrokerPortfolio":
+    def new(cls, cfg: TradingConfig, sessions: dict | None = None,
+            blocked=()) -> "BrokerPortfolio":
         return cls(Rules.from_config(cfg), float(cfg.risk.initial_cash),
                    max_order_failures=cfg.risk.max_consecutive_order_failures,
-                   sessions=dict(sessions or {}))
+                   sessions=dict(sessions or {}), blocked=frozenset(blocked))
 
     # -- bars: the steps of section 4 the broker does not do ----------------
     def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
@@ -85,6 +88,8 @@ class BrokerPortfolio(Portfolio):
         self.last_close[symbol] = close
         # 2. stop and target rest at the broker; trailing and signal/time exits here
         held = self.by_symbol.get(symbol)
+        if symbol in self.blocked:
+            held = None  # its broker state is unclear: no orders until a person decides
         if held:
             sells = {s.strategy_id for s in signals if s.side == SELL} if signals else ()
             for p in list(held):
@@ -117,6 +122,9 @@ class BrokerPortfolio(Portfolio):
                     self._consider_entry(s, symbol, ts, out)
 
     def _consider_entry(self, sig, symbol: str, ts: int, out: PortfolioOutput) -> None:
+        if symbol in self.blocked:
+            out.rejections.append(Rejection(sig.strategy_id, symbol, ts, "unreconciled", sig.price))
+            return
         if self.sessions and not self.in_session(ts + 60):
             # its market order would fill outside the session (or tomorrow): no entry
             key = (symbol, sig.strategy_id)
@@ -176,6 +184,9 @@ class BrokerPortfolio(Portfolio):
             self.order_failures = 0
         elif u.event in FAILURE_EVENTS:
             self._order_failed(u, out)
+        if u.event == "reconciled":
+            self._reconciled(u, out)
+            return
         if u.leg:
             self._protection_update(u, out)
             return
@@ -315,3 +326,13 @@ class BrokerPortfolio(Portfolio):
         p = self.positions[key]
         reason = "take_profit" if u.leg == "target" else ("trailing_stop" if p.trailed else "stop_loss")
         self._exit_filled(key, f"{u.order_id}.{u.leg}", delta, u.fill_price, u.ts, reason, out)
+
+    def _reconciled(self, u: TradeUpdate, out: PortfolioOutput) -> None:
+        """The symbol was flattened at the broker by a person: its positions
+        are closed here at the last close (reason `flatten`; the broker's own
+        closing price is in its records) and its open orders forgotten."""
+        for po in [po for po in self.orders.values() if po.order.symbol == u.symbol]:
+            self._order_ended(po, u, PortfolioOutput())  # no protection for what is gone
+        for p in list(self.by_symbol.get(u.symbol, ())):
+            price = self.last_close.get(u.symbol, p.entry_fill)
+            self._exit_filled((p.symbol, p.strategy_id), u.order_id, p.qty, price, u.ts, "flatten", out)

@@ -163,6 +163,7 @@ class TradeUpdate:
 
 TRADE_UPDATE_EVENTS = frozenset({
     "new", "fill", "partial_fill", "canceled", "expired", "rejected", "replaced", "submit_failed",
+    "reconciled",  # a person flattened the symbol at the broker (`cuts reconcile --flatten`)
 })
 
 

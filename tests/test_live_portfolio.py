@@ -221,3 +221,26 @@ def test_no_entry_whose_fill_would_fall_outside_the_session():
     nxt = T0 + 86_400 * 4  # a day the calendar does not list (a holiday, say)
     p.apply("BBB", nxt, 100.0, 100.1, 99.9, 100.0, [Signal("sma_2_3", "BBB", BUY, nxt, 100.0, 0.8, 0.02, 0.01, 2.0)], out)
     assert out.rejections[-1].reason == "market_closed"
+
+
+def test_a_symbol_flattened_by_reconciliation_closes_its_positions_and_orders():
+    from operators.types import PortfolioOutput
+    p = BrokerPortfolio.new(config())
+    stage = PortfolioStage.new(p, [0, TU])
+    row = (T0, 100.0, 100.1, 99.9, 100.0, [Signal("sma_2_3", "AAA", BUY, T0, 100.0, 0.8, 0.02, 0.01, 2.0)])
+    (entry,) = stage.on_items([symbol_result(0, "AAA", row), Watermark(0, 1, T0 + 60),
+                               Watermark(TU, 0, T0 + 60)]).orders
+    out = PortfolioOutput()
+    p.apply_update(TradeUpdate(entry.order_id, "fill", "AAA", BUY, T0 + 61, filled_qty=100, fill_qty=100,
+                               fill_price=100.0), out)
+    p.apply_update(TradeUpdate("reconcile.AAA", "reconciled", "AAA", SELL, T0 + 3600), out)
+    assert not p.positions and not p.orders and p.pending_entries == 0
+    assert [(t.exit_reason, t.qty) for t in out.trades] == [("flatten", 100)]
+
+
+def test_an_unreconciled_symbol_gets_no_orders_until_decided():
+    from operators.types import PortfolioOutput
+    p = BrokerPortfolio.new(config(), blocked={"AAA"})
+    out = PortfolioOutput()
+    p.apply("AAA", T0, 100.0, 100.1, 99.9, 100.0, [Signal("sma_2_3", "AAA", BUY, T0, 100.0, 0.8, 0.02, 0.01, 2.0)], out)
+    assert not out.orders and [r.reason for r in out.rejections] == ["unreconciled"]
