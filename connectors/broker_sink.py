@@ -15,7 +15,9 @@ order twice):
 
 A refusal (`BrokerRejected`), or a broker still unavailable after the retries,
 goes back to the flow as a `submit_failed` trade update (it counts toward the
-order-failure circuit breaker) through `publish`. Every call is recorded as a
+order-failure circuit breaker) through `publish`, stamped with the minute the
+order was meant for (decision bar + 60 s): that minute is already applied, so
+the flow takes it before its next bars, in replay as live. Every call is recorded as a
 `BrokerOrderRecord` (ClickHouse table `broker_orders`): the broker's id and
 status, whether it was adopted, and the latency from the decision bar's close
 to the sink and from the sink to the broker's answer.
@@ -107,7 +109,7 @@ class BrokerExecution:
             if order.intent in MARKET_INTENTS or order.intent == "protect":
                 self.publish(TradeUpdate(order.order_id if order.intent != "protect" else
                                          f"{order.parent_id}.oco", "submit_failed", order.symbol,
-                                         order.side, int(self.clock()), detail=str(exc)))
+                                         order.side, order.decided_ts + 60, detail=str(exc)))
             log.warning("broker refused %s %s: %s", order.intent, cid, exc)
             return self._record(order, cid, received, "", "failed", False, str(exc))
         if done is None:
@@ -225,16 +227,16 @@ class _BrokerPartition(StatelessSinkPartition):
         for out in items:  # PortfolioOutput, in decision order
             for order in out.orders:
                 self.execution.execute(order)
-            if self.progress is not None and out.equity:
-                self.progress(out.equity[-1].ts, len(out.orders))
+            if self.progress is not None and (out.equity or out.controls):
+                self.progress(out.equity[-1].ts if out.equity else None, len(out.orders), out.controls)
 
 
 class BrokerSink(DynamicSink):
     """Bytewax sink of the portfolio's `PortfolioOutput`s (only the worker
     holding the portfolio receives any): their orders go to the broker in
     decision order. `make_execution()` builds the I/O per worker;
-    `progress(minute, orders)` is told each completed minute after its orders
-    were sent."""
+    `progress(minute, orders, controls)` is told each completed minute after
+    its orders were sent, and the halts and resumes obeyed."""
 
     def __init__(self, make_execution, progress=None):
         self.make_execution, self.progress = make_execution, progress

@@ -101,3 +101,8 @@ def operator_name(cli_value: str | None) -> str:
 def alpaca_trading_url() -> str | None:
     """ALPACA_TRADING_URL: the trading REST base URL override (None: Alpaca's own)."""
     return os.environ.get("ALPACA_TRADING_URL") or None
+
+
+def alpaca_trading_stream_url() -> str | None:
+    """ALPACA_TRADING_WS_URL: the trade-updates websocket URL override (None: Alpaca's own)."""
+    return os.environ.get("ALPACA_TRADING_WS_URL") or None

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
     _recovery_args(bt)
 
-    run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker)")
+    run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker, "
+                                     "or Alpaca with --alpaca)")
     run.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
     run.add_argument("--topic", default="bars")
     run.add_argument("--config")
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-a", "--addresses", default="",
                      help="host:port of every process, ';'-separated, same order on all (multi-process)")
     run.add_argument("--dead-letter-topic", default="bars.dead_letters")
+    run.add_argument("--alpaca", action="store_true",
+                     help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
+    run.add_argument("--live", action="store_true", help="with --alpaca: the live account (real money)")
+    run.add_argument("--trade-topic", default="trade_updates", help="topic of the broker's trade updates")
+    run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
+    run.add_argument("--trading-url", help=argparse.SUPPRESS)
     _recovery_args(run)
 
     pub = sub.add_parser("publish", help="play a bar file into a Kafka topic with event-time markers")

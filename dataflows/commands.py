@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import time
@@ -24,16 +23,12 @@ class UsageError(Exception):
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
                RecoveryMismatch)
-_LIVE = None
-if importlib.util.find_spec("dataflows.live_commands") is not None:
-    from dataflows import live_commands as _LIVE
+from dataflows import live_commands as _LIVE  # noqa: E402
+from dataflows import reconcile_command as _RECONCILE  # noqa: E402
+from dataflows import trading as _TRADING  # noqa: E402
 
-    USER_ERRORS = USER_ERRORS + tuple(_LIVE.USER_ERRORS)
-_RECONCILE = None
-if importlib.util.find_spec("dataflows.reconcile_command") is not None:
-    from dataflows import reconcile_command as _RECONCILE
-
-    USER_ERRORS = USER_ERRORS + tuple(_RECONCILE.USER_ERRORS)
+USER_ERRORS = (USER_ERRORS + tuple(_LIVE.USER_ERRORS) + tuple(_RECONCILE.USER_ERRORS)
+               + tuple(_TRADING.USER_ERRORS))
 
 
 def dispatch(args) -> int:
@@ -85,6 +80,16 @@ def cmd_run(args) -> int:
         raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
+    if args.live and not args.alpaca:
+        raise UsageError("--live trades through Alpaca: add --alpaca")
+    if args.alpaca:
+        if addresses:
+            raise UsageError("--alpaca runs in one process (the broker sink and relay are one each)")
+        from dataflows.trading import run_trading
+
+        result = run_trading(args, config, dsn, bootstrap)
+        print(f"run {result.run_id} stopped after {result.bars:,} bars")
+        return 0
     print(f"live run on {bootstrap} topic {args.topic}: simulated broker (paper)", file=sys.stderr)
     result = run_replay(bootstrap, args.topic, config, dsn, args.run_id, workers=args.workers,
                         recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,

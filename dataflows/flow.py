@@ -64,11 +64,11 @@ class PortfolioLogic(StatefulBatchLogic):
         if resume is None:
             portfolio = (BrokerPortfolio.new(config, sessions, blocked) if broker_fills
                          else Portfolio.new(config))
+            resume = PortfolioStage.new(portfolio, partitions)
         elif broker_fills:  # a restart reconciled again: today's blocked symbols and sessions
             resume.portfolio.blocked = frozenset(blocked)
             if sessions:
                 resume.portfolio.sessions = dict(sessions)
-            resume = PortfolioStage.new(portfolio, partitions)
         self.stage = resume
 
     def on_batch(self, items):

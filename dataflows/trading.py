@@ -1,0 +1,176 @@
+"""`cuts run --alpaca`: the live flow trading a paper (default) or live
+Alpaca account.
+
+Composition only: the bars topic (as `cuts run`), plus
+  - the trade-updates relay (alpaca-py TradingStream -> `trade_updates`
+    topic, with broker-clock markers; an entry filled in one piece gets its
+    protective OCO at once),
+  - the flow reading `trade_updates` beside `bars` (positions from fills),
+  - the broker sink (orders -> Alpaca, idempotent by client_order_id),
+  - at start-up: the account is reachable, sessions from Alpaca's calendar,
+    reconciliation (unclear symbols get no orders until `cuts reconcile`
+    decides; a symbol a person flattened is closed in the flow too).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime, timezone
+
+from connectors.alpaca_calendar import CalendarUnavailable, fetch_sessions
+from connectors.broker import AlpacaBroker
+from connectors.broker_sink import BrokerExecution, BrokerSink, ProtectOnFill
+from connectors.clickhouse import ensure_schema, open_client, shared_writer
+from connectors.config import (
+    alpaca_credentials, alpaca_trading_stream_url, alpaca_trading_url, trading_mode,
+)
+from connectors.kafka import KafkaBarSource, topic_identity
+from connectors.trade_relay import TradeUpdateRelay, TradeUpdatesWriter
+from connectors.trade_source import TradeUpdateSource
+from connectors.trade_updates import catch_up_updates
+from dataflows.runner import RunSpec, Trading, execute
+from operators.types import BUY, SELL, TradeUpdate, iso
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,48}")
+
+
+class TradingUsageError(ValueError):
+    """The trading run cannot start as asked (bad run id, account unreachable...)."""
+
+
+USER_ERRORS = (TradingUsageError, CalendarUnavailable)
+
+
+class MinuteProgress:
+    """One stderr line per completed minute, after its orders went to the broker."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+
+    def __call__(self, minute: int | None, orders: int, controls=()) -> None:
+        for c in controls:
+            print(f"{c.action} by {c.who} from {iso(c.ts)}: {c.why}", file=self.stream, flush=True)
+        if minute is not None:
+            print(f"minute {iso(minute)} done: {orders} orders sent", file=self.stream, flush=True)
+
+
+def _check_account(client, mode: str) -> None:
+    from alpaca.common.exceptions import APIError
+
+    try:
+        account = client.get_account()
+    except APIError as exc:
+        raise TradingUsageError(f"Alpaca refused the account request (HTTP {exc.status_code}): "
+                                f"check ALPACA_API_KEY / ALPACA_SECRET_KEY") from None
+    except Exception as exc:  # connection refused, DNS...
+        raise TradingUsageError(f"Alpaca trading API unreachable: {type(exc).__name__}") from None
+    if mode == "live":
+        print("*" * 72 + f"\nLIVE TRADING: real money, account {account.account_number}\n" + "*" * 72,
+              file=sys.stderr, flush=True)
+
+
+def in_flight_fills(tc, ch, run_id: str, since: datetime) -> dict[str, int]:
+    """{symbol: signed qty} of the run's own orders filled at the broker but
+    not in the run's fills yet (filled while the run was down: the relay's
+    catch-up brings them to the flow). Not a discrepancy to reconcile."""
+    from alpaca.trading.enums import QueryOrderStatus
+    from alpaca.trading.requests import GetOrdersRequest
+
+    orders = tc.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, after=since, nested=True,
+                                            limit=500))
+    recorded = dict(ch.query("SELECT order_id, sum(qty) FROM thousandcuts.fills FINAL "
+                             "WHERE run_id = {r:String} GROUP BY order_id", parameters={"r": run_id}
+                             ).result_rows)
+    out: dict[str, int] = {}
+    for u in catch_up_updates(orders, run_id, {}):
+        if not u.fill_qty:
+            continue
+        key = f"{u.order_id}.{u.leg}" if u.leg else u.order_id
+        missing = u.filled_qty - int(recorded.get(key, 0))
+        if missing > 0:
+            out[u.symbol] = out.get(u.symbol, 0) + (missing if u.side == BUY else -missing)
+    return {s: q for s, q in out.items() if q}
+
+
+def _reconcile_at_start(tc, dsn: str, run_id: str, writer: TradeUpdatesWriter, now: int) -> frozenset:
+    from connectors.reconcile import format_report
+    from dataflows.reconcile_command import latest_decisions, unclear_symbols_now
+
+    ch = open_client(dsn)
+    ensure_schema(ch)
+    in_flight = in_flight_fills(tc, ch, run_id, datetime.fromtimestamp(now - 86_400, timezone.utc))
+    if in_flight:
+        print(f"filled while the run was down (the flow takes them now): {in_flight}", file=sys.stderr)
+    report, blocked = unclear_symbols_now(tc, ch, run_id, in_flight)
+    if not report.clean:
+        print(format_report(report), file=sys.stderr)
+    decisions = latest_decisions(ch, run_id, decided_only=True)
+    for s in report.symbols:
+        decision = (decisions.get(s.symbol) or {}).get("decision")
+        if decision == "flatten" and s.expected_qty and not s.broker_qty:
+            # flattened at the broker by a person: the flow closes its positions too
+            writer.publish(TradeUpdate(f"reconcile.{s.symbol}.{now}", "reconciled", s.symbol, SELL, now))
+    if blocked:
+        print(f"no orders for {', '.join(sorted(blocked))} until `cuts reconcile --run-id {run_id} "
+              f"--adopt|--flatten` decides", file=sys.stderr, flush=True)
+    return frozenset(blocked)
+
+
+def run_trading(args, config, dsn: str, bootstrap: str) -> object:
+    from alpaca.trading.client import TradingClient
+
+    mode = trading_mode(args.live)
+    run_id = args.run_id
+    if not run_id or not RUN_ID_RE.fullmatch(run_id):
+        raise TradingUsageError("trading needs --run-id of 1-48 letters, digits, _ or - (it prefixes "
+                                "every client_order_id, and stays the same across restarts)")
+    key, secret = alpaca_credentials()
+    rest_url = args.trading_url or alpaca_trading_url()
+    stream_url = alpaca_trading_stream_url()
+    client = TradingClient(key, secret, paper=mode == "paper", url_override=rest_url)
+    _check_account(client, mode)
+    broker_now = client.get_clock().timestamp
+    sessions = fetch_sessions(client, broker_now.date())
+    print(f"{mode} trading run {run_id} on {bootstrap}: bars from {args.topic}, broker events via "
+          f"{args.trade_topic}", file=sys.stderr, flush=True)
+
+    writer = TradeUpdatesWriter(bootstrap, args.trade_topic)
+    relay = None
+    try:
+        blocked = _reconcile_at_start(client, dsn, run_id, writer, int(broker_now.timestamp()))
+        broker = AlpacaBroker(client, run_id)
+        relay = TradeUpdateRelay(
+            key, secret, run_id, writer, paper=mode == "paper", stream_url=stream_url,
+            rest_url=rest_url, clock_poll_s=args.clock_poll_s, grace_s=args.grace_s,
+            trading_client=client,
+            on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct),
+        ).start()
+        print("trading: relay listening; the flow starts", file=sys.stderr, flush=True)
+        orders_writer = shared_writer(dsn, run_id)
+
+        def record(rec) -> None:
+            orders_writer.add("broker_orders", [rec])
+            orders_writer.flush()
+
+        sink = BrokerSink(lambda: BrokerExecution(AlpacaBroker(client, run_id), writer.publish, record),
+                          progress=MinuteProgress())
+        bars_identity = topic_identity(bootstrap, args.topic)
+        trade_identity = topic_identity(bootstrap, args.trade_topic)
+        source = KafkaBarSource(bootstrap, args.topic, tail=True, dead_letter_topic=args.dead_letter_topic,
+                                identity=bars_identity)
+        trade_source = TradeUpdateSource(bootstrap, args.trade_topic, tail=True)
+        spec = RunSpec(config, dsn, run_id, "live", workers=args.workers, recovery_dir=args.recovery_dir,
+                       snapshot_s=args.snapshot_s,
+                       source_identity={"topic": args.topic, "topic_identity": bars_identity,
+                                        "trade_topic": args.trade_topic, "trade_identity": trade_identity,
+                                        "broker": mode})
+        trading = Trading(trade_source, trade_source.partition_ids(), sink, sessions=sessions,
+                          blocked=blocked)
+        return execute(spec, source, source.partition_ids(), show_progress=False, trading=trading)
+    finally:
+        if relay is not None:
+            relay.stop()
+        writer.close()
+
+
+__all__ = ["run_trading", "USER_ERRORS", "TradingUsageError"]
