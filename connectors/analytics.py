@@ -258,3 +258,24 @@ def format_report(perf: dict, breakdowns: dict[str, list[dict]], counts: dict) -
             out += ["", k.replace("_", " ").capitalize(),
                     _table(["reason", "rows"], [[r, str(n)] for r, n in v.items()])]
     return "\n".join(out) + "\n"
+
+
+def broker_summary(client, run_id: str) -> list[list[str]]:
+    """Calls to the broker of a trading run, by intent and status: how many,
+    adopted after a restart, and the latency from the decision bar's close to
+    the sink and from the sink to Alpaca's answer (p50 / p99, ms). Empty for
+    a backtest."""
+    rows = client.query(
+        "SELECT intent, status, count(), countIf(adopted), "
+        "quantile(0.5)(decision_lag_ms), quantile(0.99)(decision_lag_ms), "
+        "quantile(0.5)(submit_ms), quantile(0.99)(submit_ms) "
+        "FROM thousandcuts.broker_orders FINAL WHERE run_id = {r:String} "
+        "GROUP BY intent, status ORDER BY intent, status", parameters={"r": run_id}).result_rows
+    return [[intent, status, str(n), str(adopted), *(f"{v:,.0f}" for v in lat)]
+            for intent, status, n, adopted, *lat in rows]
+
+
+def format_broker_summary(rows: list[list[str]]) -> str:
+    return "\n".join(["", "Broker orders (latency in ms: decision bar close -> sink, sink -> Alpaca)",
+                      _table(["intent", "status", "orders", "adopted", "lag p50", "lag p99", "submit p50",
+                              "submit p99"], rows)]) + "\n"

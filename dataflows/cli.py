@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trade-topic", default="trade_updates", help="topic of the broker's trade updates")
     run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
     run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
+    run.add_argument("--clock-refresh-s", type=float, default=15.0, help=argparse.SUPPRESS)
     run.add_argument("--trading-url", help=argparse.SUPPRESS)
     _recovery_args(run)
 

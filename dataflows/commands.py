@@ -196,7 +196,9 @@ def _report(client, run_id: str) -> str:
     perf = analytics.performance(client, run_id)
     breakdowns = {by: analytics.breakdown(client, run_id, by)
                   for by in ("strategy", "exit_reason", "symbol", "day")}
-    return analytics.format_report(perf, breakdowns, analytics.counts(client, run_id))
+    text = analytics.format_report(perf, breakdowns, analytics.counts(client, run_id))
+    broker = analytics.broker_summary(client, run_id)
+    return text + analytics.format_broker_summary(broker) if broker else text
 
 
 def _report_against(client, args) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from datetime import datetime, timezone
 
 from connectors.alpaca_calendar import CalendarUnavailable, fetch_sessions
@@ -52,6 +53,25 @@ class MinuteProgress:
             print(f"{c.action} by {c.who} from {iso(c.ts)}: {c.why}", file=self.stream, flush=True)
         if minute is not None:
             print(f"minute {iso(minute)} done: {orders} orders sent", file=self.stream, flush=True)
+
+
+class BrokerClock:
+    """Alpaca's clock (`GET /v2/clock`) read every `refresh_s` and advanced
+    with the local monotonic clock in between: the relay asks every second,
+    Alpaca allows 200 requests a minute for everything. `refresh_s=0` reads
+    it every time (a simulated broker whose time jumps)."""
+
+    def __init__(self, client, refresh_s: float = 15.0, monotonic=time.monotonic):
+        self.client, self.refresh_s, self.monotonic = client, refresh_s, monotonic
+        self._read_at: float | None = None
+        self._broker = 0.0
+
+    def __call__(self) -> float:
+        now = self.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            self._broker = self.client.get_clock().timestamp.timestamp()
+            self._read_at = now = self.monotonic()
+        return self._broker + (now - self._read_at)
 
 
 def _check_account(client, mode: str) -> None:
@@ -142,7 +162,7 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
         relay = TradeUpdateRelay(
             key, secret, run_id, writer, paper=mode == "paper", stream_url=stream_url,
             rest_url=rest_url, clock_poll_s=args.clock_poll_s, grace_s=args.grace_s,
-            trading_client=client,
+            trading_client=client, broker_clock=BrokerClock(client, args.clock_refresh_s),
             on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct),
         ).start()
         print("trading: relay listening; the flow starts", file=sys.stderr, flush=True)

@@ -87,7 +87,7 @@ class Session:
         self.lines = queue.Queue()
         args = [*CUTS, "run", "--alpaca", "--kafka", self.kafka, "--topic", self.topic, "--run-id", "paper1",
                 "--config", str(self.tmp / "cfg.yaml"), "--clickhouse", self.dsn,
-                "--clock-poll-s", "0.02", "--grace-s", "0.05"]
+                "--clock-poll-s", "0.02", "--grace-s", "0.05", "--clock-refresh-s", "0"]
         if recovery is not None:
             args += ["--recovery-dir", str(recovery), "--snapshot-s", "1"]
         self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
@@ -204,6 +204,8 @@ def test_paper_session_makes_the_backtests_trades(kafka, tmp_path):
     assert [r for r in rows if r.get("status") != "matched"] == []
     assert len(rows) == len(backtest)
     assert "Exit reason differences            0" in report.stdout
+    summary = cuts("report", "--run-id", "paper1", "--clickhouse", s.dsn).stdout
+    assert "Broker orders" in summary and "protect" in summary and "entry" in summary
     # protective prices are rounded to the tick toward the entry: exits differ by under a cent
     for r in rows:
         assert abs(float(r["live_exit_price"]) - float(r["backtest_exit_price"])) < 0.01, r
