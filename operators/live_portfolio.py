@@ -16,9 +16,9 @@ from what the broker did (`TradeUpdate`s), not from simulated fills:
 - `max_consecutive_order_failures` broker rejections or failed submissions in
   a row halt new entries until a person resumes trading (spec section 5).
 
-A trade update is applied before the bars of its minute (the ordering stage
-waits for the broker's watermark), so an entry filled at the open of bar t+1
-is a position when bar t+1's steps run, as in the backtest.
+A trade update is applied just before its symbol's bar of its minute (the
+ordering stage waits for the broker's watermark), so an entry filled at the
+open of bar t+1 is a position when bar t+1's steps run, as in the backtest.
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ class BrokerPortfolio(Portfolio):
     sessions: dict = field(default_factory=dict)
     # symbols whose broker state is unclear (reconciliation): no orders at all until decided
     blocked: frozenset = frozenset()
+    filled_since_bar: set = field(default_factory=set)  # symbols with fills since their last bar
 
     @classmethod
     def new(cls, cfg: TradingConfig, sessions: dict | None = None,
@@ -112,9 +113,13 @@ class BrokerPortfolio(Portfolio):
                 elif (ts - p.entry_time >= rules.time_stop_s
                       and abs(close / p.entry_fill - 1) < rules.time_stop_min_move_pct):
                     self._queue_exit(p, ts, close, "time_stop", out)
-            if self.day_halt is None and (
-                    self.equity() <= self.start_of_day_equity * rules.drawdown_floor):
-                self.day_halt = "daily_drawdown"
+        # as the backtest: check the drawdown after a bar that filled or holds something
+        filled = symbol in self.filled_since_bar
+        if filled:
+            self.filled_since_bar.discard(symbol)
+        if (held or filled) and self.day_halt is None and (
+                self.equity() <= self.start_of_day_equity * rules.drawdown_floor):
+            self.day_halt = "daily_drawdown"
         # 3. entries
         if signals:
             for s in signals:
@@ -224,6 +229,7 @@ class BrokerPortfolio(Portfolio):
                       out: PortfolioOutput) -> None:
         r, o, key = self.rules, po.order, po.position_key
         commission = qty * r.commission_per_share
+        self.filled_since_bar.add(o.symbol)
         self.cash -= qty * price + commission
         self.pending_entry_cash -= qty * o.decision_price
         self.last_close.setdefault(o.symbol, price)
@@ -255,6 +261,7 @@ class BrokerPortfolio(Portfolio):
                                                f"sell {qty} @ {price}"))
             return
         c = self.closing.setdefault(key, Closing())
+        self.filled_since_bar.add(p.symbol)
         commission = qty * self.rules.commission_per_share
         self.cash += qty * price - commission
         c.qty += qty

@@ -70,9 +70,11 @@ TRADE_UPDATES_PARTITION_BASE = 1 << 20
 @dataclass(slots=True)
 class BrokerEvent:
     """A broker trade update (`operators.types.TradeUpdate`) from a
-    `trade_updates` partition. It is applied before the bars of the minute
-    of `update.ts`; that partition's `Watermark.ts` is a minute start: every
-    later update of the partition has ts >= it."""
+    `trade_updates` partition. It is applied just before its symbol's bar of
+    the minute of `update.ts` (where the backtest fills at the open and exits
+    intrabar), after the kill-switch controls of that minute; that
+    partition's `Watermark.ts` is a minute start: every later update of the
+    partition has ts >= it."""
 
     partition: int
     seq: int
@@ -101,7 +103,7 @@ class PortfolioStage:
     applied_until: int = -1  # bars with ts < this were applied
     controls: dict = field(default_factory=dict)  # control_id -> earliest copy, not yet applied
     applied_controls: set = field(default_factory=set)
-    updates: list = field(default_factory=list)  # (minute, partition, seq, TradeUpdate) not yet applied
+    updates: list = field(default_factory=list)  # (minute, symbol, partition, seq, TradeUpdate) not applied
 
     @classmethod
     def new(cls, portfolio: Portfolio, partitions) -> "PortfolioStage":
@@ -141,8 +143,9 @@ class PortfolioStage:
             return
         if isinstance(item, BrokerEvent):
             # the broker's truth is never dropped: a late one applies at the next bars
-            minute = max(item.update.ts - item.update.ts % 60, self.applied_until)
-            self.updates.append((minute, item.partition, item.seq, item.update))
+            u = item.update
+            minute = max(u.ts - u.ts % 60, self.applied_until)
+            self.updates.append((minute, u.symbol, item.partition, item.seq, u))
             return
         result = item.output
         blocks = list(result.blocks)
@@ -183,7 +186,7 @@ class PortfolioStage:
             self.updates = [u for u in self.updates if u[0] >= watermark]
         if ready:
             self._apply_in_order(ready, out, controls, updates)
-        self._apply_updates(updates, END_OF_TIME, out)
+        self._apply_updates(updates, (END_OF_TIME, ""), out)
         self._apply_controls(controls, END_OF_TIME, out)
         # every minute below the watermark is complete
         self.portfolio.close_minute(out)
@@ -196,11 +199,14 @@ class PortfolioStage:
             self.applied_controls.add(c.control_id)
             self.portfolio.apply_control(c, out)
 
-    def _apply_updates(self, updates: list, before: int, out: PortfolioOutput) -> None:
-        """Apply (and drop from `updates`) the trade updates of minutes up to `before`."""
+    def _apply_updates(self, updates: list, upto: tuple, out: PortfolioOutput) -> None:
+        """Apply (and drop from `updates`) the trade updates up to (minute,
+        symbol) `upto`: a symbol's updates of minute M go just before its bar
+        of minute M, where the backtest fills (step 1) and exits (step 2) it,
+        so the symbols before it in that minute do not see them yet."""
         i = 0
-        while i < len(updates) and updates[i][0] <= before:
-            self.portfolio.apply_update(updates[i][3], out)
+        while i < len(updates) and (updates[i][0], updates[i][1]) <= upto:
+            self.portfolio.apply_update(updates[i][4], out)
             i += 1
         del updates[:i]
 
@@ -221,11 +227,11 @@ class PortfolioStage:
         apply = self.portfolio.apply
         no_signals: dict = {}
         for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
-            if updates and updates[0][0] <= t:
-                self._apply_updates(updates, t, out)
+            symbol = symbols[r]
             if controls and controls[0].ts <= t:
                 self._apply_controls(controls, t, out)
-            symbol = symbols[r]
+            if updates and (updates[0][0], updates[0][1]) <= (t, symbol):
+                self._apply_updates(updates, (t, symbol), out)
             apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
         out.applied_bars += len(ts)
 

@@ -23,9 +23,9 @@ T0 = int(datetime(2024, 3, 5, 14, 30, tzinfo=timezone.utc).timestamp())
 STRATS = [StrategyConfig(fast=2, slow=3, confidence=0.7), StrategyConfig(fast=3, slow=5, confidence=0.8)]
 
 
-def config(**exit_):
+def config(risk=None, **exit_):
     return TradingConfig(strategies=STRATS, execution={"slippage_bps": 0.0},
-                         exit={"trailing_stop": True, **exit_})
+                         exit={"trailing_stop": True, **exit_}, risk=risk or {})
 
 
 def market(seed, symbols=("AAA", "BBB", "CCC"), minutes=240):
@@ -244,3 +244,15 @@ def test_an_unreconciled_symbol_gets_no_orders_until_decided():
     out = PortfolioOutput()
     p.apply("AAA", T0, 100.0, 100.1, 99.9, 100.0, [Signal("sma_2_3", "AAA", BUY, T0, 100.0, 0.8, 0.02, 0.01, 2.0)], out)
     assert not out.orders and [r.reason for r in out.rejections] == ["unreconciled"]
+
+
+@pytest.mark.parametrize("risk", [{"max_daily_drawdown_pct": 0.001}, {"max_consecutive_losses": 1},
+                                  {"max_positions": 2, "max_positions_per_symbol": 1}])
+def test_daily_halts_and_caps_hold_the_same_over_broker_fills(risk):
+    cfg = config(risk)
+    bars = market(7, minutes=390)
+    expected, bt = backtest(cfg, bars)
+    outs, live = paper(cfg, bars, SpecBroker())
+    got = [t for o in outs for t in o.trades]
+    assert sorted(map(key, got)) == sorted(map(key, expected))
+    assert live.portfolio.day_halt == bt.portfolio.day_halt
