@@ -69,3 +69,25 @@ def test_the_broker_clock_is_read_every_refresh_and_advanced_locally_between():
     assert clock() == T0.timestamp() + 110 and Client.reads == 1
     mono[0] = 15.0
     assert clock() == T0.timestamp() + 200 and Client.reads == 2
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["--run-id", "bad.id"], {}, "--run-id"),
+    (["--run-id", "ok", "--live"], {}, "ALPACA_PAPER=false"),
+    (["--run-id", "ok"], {"ALPACA_API_KEY": ""}, "ALPACA_API_KEY"),
+    (["--run-id", "ok", "--trading-url", "http://127.0.0.1:9"], {}, "unreachable"),
+])
+def test_a_trading_run_that_cannot_start_says_why_in_one_line_with_exit_2(monkeypatch, capsys, tmp_path,
+                                                                           args, env, needle):
+    from dataflows.cli import main
+
+    monkeypatch.setenv("ALPACA_API_KEY", "k")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
+    monkeypatch.delenv("ALPACA_PAPER", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code = main(["run", "--alpaca", "--kafka", "127.0.0.1:9", "--clickhouse", f"chdb://{tmp_path / 'ch'}",
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
