@@ -49,3 +49,44 @@ def fetch_sessions(client, around: date, days_before: int = 7, days_after: int =
     except APIError as exc:
         raise CalendarUnavailable(f"Alpaca calendar not readable (HTTP {exc.status_code})") from None
     return sessions_from_calendar(days)
+
+
+class CalendarSessions:
+    """`in_session(ts)` from Alpaca's calendar for `cuts stream`: fetched on
+    first use and again when a date leaves the fetched window; while it
+    cannot be read (keys without trading access, Alpaca down) the `fallback`
+    (weekdays 09:30-16:00 New York) answers, retried every `retry_s`."""
+
+    def __init__(self, make_client, fallback, retry_s: float = 300.0, monotonic=None):
+        import time
+
+        self.make_client, self.fallback, self.retry_s = make_client, fallback, retry_s
+        self.monotonic = monotonic or time.monotonic
+        self.sessions: dict = {}
+        self.window: tuple[int, int] | None = None  # date ordinals covered
+        self.failed_at: float | None = None
+
+    def __call__(self, ts: int) -> bool:
+        from operators.calendar import trading_day
+
+        day = trading_day(ts)
+        if self.window is None or not self.window[0] <= day <= self.window[1]:
+            if self.failed_at is None or self.monotonic() - self.failed_at >= self.retry_s:
+                self._fetch(date.fromordinal(day))
+        if self.window is None or not self.window[0] <= day <= self.window[1]:
+            return self.fallback(ts)
+        session = self.sessions.get(day)
+        return session is not None and session[0] <= ts < session[1]
+
+    def _fetch(self, around: date) -> None:
+        import logging
+
+        try:
+            self.sessions = fetch_sessions(self.make_client(), around)
+            self.window = (around.toordinal() - 7, around.toordinal() + 45)
+            self.failed_at = None
+        except Exception as exc:  # unreadable: the fallback answers, retried later
+            self.failed_at = self.monotonic()
+            logging.getLogger(__name__).warning(
+                "Alpaca calendar not readable (%s): weekdays 09:30-16:00 New York until it is",
+                type(exc).__name__)

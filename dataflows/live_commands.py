@@ -70,7 +70,8 @@ def register(sub) -> None:
     st.add_argument("--stale-after-s", type=_seconds, default=120.0,
                     help="reconnect when no bar came for this long during the session (default 120)")
     st.add_argument("--stats-every-s", type=_seconds, default=60.0, help="log the counts this often")
-    st.add_argument("--session", choices=("regular", "always", "never"), default="regular", help=hidden)
+    st.add_argument("--session", choices=("calendar", "regular", "always", "never"), default="calendar",
+                    help=hidden)
     st.add_argument("--ws-url", help=hidden)
     st.add_argument("--rest-url", help=hidden)
     st.add_argument("--connect-timeout-s", type=_seconds, default=10.0, help=hidden)
@@ -127,8 +128,19 @@ def stream_settings(args) -> StreamSettings:
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
         raise LiveUsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
-    session = {"regular": in_regular_session, "always": lambda _ts: True,
-               "never": lambda _ts: False}[args.session]
+    if args.session == "calendar":  # holidays and early closes from Alpaca's calendar
+        from connectors.alpaca_calendar import CalendarSessions
+        from connectors.config import alpaca_trading_url
+
+        def trading_client():
+            from alpaca.trading.client import TradingClient
+
+            return TradingClient(key, secret, paper=True, url_override=alpaca_trading_url())
+
+        session = CalendarSessions(trading_client, in_regular_session)
+    else:
+        session = {"regular": in_regular_session, "always": lambda _ts: True,
+                   "never": lambda _ts: False}[args.session]
     return StreamSettings(
         symbols, key, secret, bootstrap, topic=args.topic, partitions=args.partitions,
         dead_letter_topic=args.dead_letter_topic or None, feed=feed,

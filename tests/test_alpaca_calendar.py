@@ -31,3 +31,20 @@ def test_sessions_come_from_the_brokers_calendar_holidays_left_out():
         s = fetch_sessions(client, date(2024, 7, 1))
     assert date(2024, 7, 4).toordinal() not in s  # Independence Day
     assert s[date(2024, 7, 2).toordinal()] == (utc(2024, 7, 2, 13, 30), utc(2024, 7, 2, 20, 0))
+
+
+def test_the_stream_session_follows_the_calendar_and_falls_back_while_unreadable():
+    from connectors.alpaca_calendar import CalendarSessions
+    from connectors.alpaca_minutes import in_regular_session
+
+    july4_noon = utc(2024, 7, 4, 16, 0)  # a Thursday, exchange holiday
+    early_close = utc(2024, 7, 3, 17, 30)  # 13:30 New York, after the 13:00 early close
+    with AlpacaServer(trading=True) as server:
+        make = lambda: TradingClient(server.key, server.secret, paper=True,  # noqa: E731
+                                     url_override=server.trading_url)
+        session = CalendarSessions(make, in_regular_session)
+        assert not session(july4_noon) and not session(early_close)
+        assert session(utc(2024, 7, 2, 14, 0))
+    down = CalendarSessions(lambda: TradingClient("k", "s", paper=True, url_override="http://127.0.0.1:9"),
+                            in_regular_session)
+    assert down(july4_noon) is True  # the fallback does not know holidays
