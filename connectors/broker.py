@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+
+import requests
 from dataclasses import dataclass
 
 from alpaca.common.exceptions import APIError
@@ -69,15 +71,19 @@ def to_order_request(run_id: str, order: Order):
 
 
 def to_protection_request(run_id: str, entry_order_id: str, symbol: str, qty: int,
-                          stop_price: float, target_price: float) -> LimitOrderRequest:
+                          stop_price: float, target_price: float,
+                          oco_order_id: str | None = None) -> LimitOrderRequest:
     """After an entry fills: an OCO sell (take-profit limit + stop) so both
-    exits rest at the broker and fill intrabar, as the backtest assumes."""
+    exits rest at the broker and fill intrabar, as the backtest assumes.
+    Its id is `{entry}.oco`, or `oco_order_id` when placed again."""
     stop, target = protective_prices(stop_price, target_price)
+    cid = client_order_id(run_id, oco_order_id) if oco_order_id else client_order_id(
+        run_id, entry_order_id, "oco")
     return LimitOrderRequest(
         symbol=symbol, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
         order_class=OrderClass.OCO, limit_price=target,
         take_profit=TakeProfitRequest(limit_price=target), stop_loss=StopLossRequest(stop_price=stop),
-        client_order_id=client_order_id(run_id, entry_order_id, "oco"),
+        client_order_id=cid,
     )
 
 
@@ -141,12 +147,21 @@ class AlpacaBroker:
         try:
             placed = self.client.submit_order(request)
             return Submitted(str(placed.id), cid, str(placed.status.value), adopted=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise BrokerRetriable(f"broker unreachable for {cid} ({type(exc).__name__})") from None
         except APIError as exc:
             status, code = exc.status_code, _error_code(exc)
             if code == DUPLICATE_CLIENT_ORDER_ID:
-                existing = self.client.get_order_by_client_id(cid)
-                log.info("order %s already at the broker: adopted (%s)", cid, existing.status)
-                return Submitted(str(existing.id), cid, str(existing.status.value), adopted=True)
+                # 40010001 is Alpaca's code for other invalid requests too: a
+                # duplicate only when the order with this id is really there
+                try:
+                    existing = self.client.get_order_by_client_id(cid)
+                except APIError:
+                    existing = None
+                if existing is not None:
+                    log.info("order %s already at the broker: adopted (%s)", cid, existing.status)
+                    return Submitted(str(existing.id), cid, str(existing.status.value), adopted=True)
+                raise BrokerRejected(status, code, _error_message(exc)) from None
             if status in RETRIABLE_STATUS:
                 raise BrokerRetriable(f"broker unavailable for {cid} (HTTP {status})") from None
             raise BrokerRejected(status, code, _error_message(exc)) from None

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import requests
 from alpaca.common.exceptions import APIError
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -78,37 +79,54 @@ class BrokerExecution:
 
     def __init__(self, broker: AlpacaBroker, publish, record, *, retries: int = 4,
                  backoff_s: float = 0.5, cancel_wait_s: float = 5.0, clock=time.time,
-                 sleep=time.sleep):
+                 sleep=time.sleep, broker_clock=None, max_decision_age_s: float = 90.0):
         self.broker, self.publish, self.record = broker, publish, record
         self.client, self.run_id = broker.client, broker.run_id
         self.retries, self.backoff_s, self.cancel_wait_s = retries, backoff_s, cancel_wait_s
         self.clock, self.sleep = clock, sleep
+        self.broker_clock = broker_clock or clock  # Alpaca's time: how old a decision is
+        self.max_decision_age_s = max_decision_age_s
+
+    def _oco_cid(self, order: Order) -> str:
+        oco = order.oco_id or (f"{order.parent_id}.oco" if order.parent_id else "")
+        return client_order_id(self.run_id, oco) if oco else ""
 
     def execute(self, order: Order) -> BrokerOrderRecord:
         received = self.clock()
         cid = client_order_id(self.run_id, order.order_id)
+        age = self.broker_clock() - (order.decided_ts + 60)
+        if order.intent == "entry" and age > self.max_decision_age_s:
+            # a decision on old bars (a first run over a topic with history, a
+            # restart after downtime): never a market order at today's prices
+            detail = f"stale decision: its bar closed {age:,.0f} s ago"
+            self.publish(TradeUpdate(order.order_id, "expired", order.symbol, order.side,
+                                     order.decided_ts + 60, detail=detail))
+            return self._record(order, cid, received, "", "skipped", False, detail)
         try:
-            if order.intent in MARKET_INTENTS:
-                if order.side == SELL and order.parent_id and self._protection_filled(order.parent_id):
+            qty = order.qty
+            if order.intent in MARKET_INTENTS and order.side == SELL and self._oco_cid(order):
+                qty = self._cancel_protection(self._oco_cid(order), order.qty)
+                if qty <= 0:
                     return self._record(order, cid, received, "", "skipped", False,
                                         "protective OCO already filled: position closed at the broker")
-                done = self._retrying(lambda: self.broker.submit_order(order))
+            if order.intent in MARKET_INTENTS:
+                sent = order if qty == order.qty else replace(order, qty=qty)
+                done = self._retrying(lambda: self.broker.submit_order(sent))
             elif order.intent == "protect":
-                cid = client_order_id(self.run_id, order.parent_id, "oco")
+                cid = self._oco_cid(order)
                 done = self._retrying(lambda: self.broker.submit(to_protection_request(
                     self.run_id, order.parent_id, order.symbol, order.qty, order.stop_price,
-                    order.target_price)))
+                    order.target_price, oco_order_id=order.oco_id or None)))
             elif order.intent == "trail":
-                cid = client_order_id(self.run_id, order.parent_id, "oco")
+                cid = self._oco_cid(order)
                 done = self._retrying(lambda: self._move_stop(cid, order.stop_price))
             elif order.intent == "cancel":
                 done = self._retrying(lambda: self._cancel(cid))
             else:
                 raise ValueError(f"unknown order intent {order.intent!r}")
-        except (BrokerRejected, BrokerRetriable) as exc:
+        except (BrokerRejected, BrokerRetriable, requests.ConnectionError, requests.Timeout) as exc:
             if order.intent in MARKET_INTENTS or order.intent == "protect":
-                self.publish(TradeUpdate(order.order_id if order.intent != "protect" else
-                                         f"{order.parent_id}.oco", "submit_failed", order.symbol,
+                self.publish(TradeUpdate(order.order_id, "submit_failed", order.symbol,
                                          order.side, order.decided_ts + 60, detail=str(exc)))
             log.warning("broker refused %s %s: %s", order.intent, cid, exc)
             return self._record(order, cid, received, "", "failed", False, str(exc))
@@ -136,12 +154,12 @@ class BrokerExecution:
                 return None
             raise _typed(exc, cid) from None
 
-    def _protection_filled(self, entry_id: str) -> bool:
-        """Cancel the entry's OCO; True when it (a leg) filled first."""
-        cid = client_order_id(self.run_id, entry_id, "oco")
+    def _cancel_protection(self, cid: str, qty: int) -> int:
+        """Cancel the position's OCO before selling (its legs hold the shares);
+        how many shares are left to sell: `qty` less what the OCO filled."""
         oco = self._get_by_cid(cid)
         if oco is None:
-            return False
+            return qty
         if _status(oco) in OPEN:
             try:
                 self.client.cancel_order_by_id(str(oco.id))
@@ -152,8 +170,11 @@ class BrokerExecution:
             while _status(oco) in OPEN and self.clock() < deadline:
                 self.sleep(0.05)
                 oco = self._get_by_cid(cid)
-        legs = [oco, *(getattr(oco, "legs", None) or [])]
-        return any(_status(o) in ("filled", "partially_filled") for o in legs)
+            if _status(oco) in OPEN:  # never sell while the OCO can still fill
+                raise BrokerRetriable(f"protective OCO {cid} still open after cancel")
+        filled = sum(float(getattr(o, "filled_qty", 0) or 0)
+                     for o in [oco, *(getattr(oco, "legs", None) or [])])
+        return max(0, min(qty, int(float(oco.qty or 0) - filled)))
 
     def _move_stop(self, cid: str, stop_price: float):
         oco = self._get_by_cid(cid)

@@ -71,7 +71,8 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
                 ("symbol", "ts", "strategy_id", "side")),
     "orders": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),
                 ("qty", _I, "s"), ("decided_ts", TS, "t"), ("decision_price", _F, "s"), ("intent", _S, "s"),
-                ("stop_price", _F, "s"), ("target_price", _F, "s"), ("parent_id", _S, "s")],
+                ("stop_price", _F, "s"), ("target_price", _F, "s"), ("parent_id", _S, "s"),
+                ("oco_id", _S, "s")],
                # live: an entry's cancel, its OCO's protect and trail requests share ids
                ("order_id", "intent", "decided_ts")),
     "fills": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),

@@ -56,7 +56,6 @@ class _TradePartition(StatefulSourcePartition):
     def next_batch(self) -> list:
         msgs = self.inner.next_batch()  # raises StopIteration after the end in replay mode
         p, seq, watermark = self.partition, self.seq, self.watermark
-        start = watermark
         items: list = []
         for m in msgs:
             rec = decode_trade_record(m.value())
@@ -66,15 +65,14 @@ class _TradePartition(StatefulSourcePartition):
                 seq += 1
             elif kind is TradeMarker:
                 minute = rec.ts - rec.ts % MINUTE
-                if minute > watermark:
+                if minute > watermark:  # in its position: an update's minute depends on it
                     watermark = minute
+                    items.append(Watermark(p, seq, watermark))
+                    seq += 1
             else:
                 self.undecodable += 1
                 log.warning("%s/%d@%d: undecodable trade-updates record skipped (%d so far): %s",
                             self.topic, self.kafka_partition, m.offset(), self.undecodable, rec.reason)
-        if watermark > start:
-            items.append(Watermark(p, seq, watermark))
-            seq += 1
         if not self.tail and not self.ended and getattr(self.inner, "_eof", False):
             self.ended = True  # end of the partition in replay: nothing more will come
             watermark = END_OF_TIME

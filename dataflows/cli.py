@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alpaca", action="store_true",
                      help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
     run.add_argument("--live", action="store_true", help="with --alpaca: the live account (real money)")
-    run.add_argument("--trade-topic", default="trade_updates", help="topic of the broker's trade updates")
+    run.add_argument("--trade-topic", help="topic of the broker's trade updates (default trade_updates.RUN_ID)")
     run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
     run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
     run.add_argument("--clock-refresh-s", type=float, default=15.0, help=argparse.SUPPRESS)

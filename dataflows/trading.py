@@ -13,8 +13,12 @@ Composition only: the bars topic (as `cuts run`), plus
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -33,6 +37,7 @@ from dataflows.runner import RunSpec, Trading, execute
 from operators.types import BUY, SELL, TradeUpdate, iso
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,48}")
+CATCH_UP_S = 7 * 86_400  # orders the relay re-reads at start (overnight OCOs included)
 
 
 class TradingUsageError(ValueError):
@@ -74,6 +79,33 @@ class BrokerClock:
         return self._broker + (now - self._read_at)
 
 
+class RelayWatchdog:
+    """Stops the run (as Ctrl-C would) when the trade-updates relay fails for
+    good: without it no fill reaches the flow, the broker's watermark stops
+    and nothing would say why."""
+
+    def __init__(self, relay, every_s: float = 1.0):
+        self.relay, self.every_s = relay, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="relay-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.every_s):
+            error = getattr(self.relay, "error", None)
+            if error is not None:
+                print(f"cuts: error: trading stopped: the trade-updates relay failed: {error}",
+                      file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
 def _check_account(client, mode: str) -> None:
     from alpaca.common.exceptions import APIError
 
@@ -96,8 +128,17 @@ def in_flight_fills(tc, ch, run_id: str, since: datetime) -> dict[str, int]:
     from alpaca.trading.enums import QueryOrderStatus
     from alpaca.trading.requests import GetOrdersRequest
 
-    orders = tc.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, after=since, nested=True,
-                                            limit=500))
+    from alpaca.common.enums import Sort
+
+    orders, after = [], since
+    while True:  # pages of 500 by submission time
+        page = tc.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, after=after, nested=True,
+                                              limit=500, direction=Sort.ASC))
+        orders += page
+        last = page[-1].submitted_at if page else None
+        if len(page) < 500 or last is None or last <= after:
+            break
+        after = last
     recorded = dict(ch.query("SELECT order_id, sum(qty) FROM thousandcuts.fills FINAL "
                              "WHERE run_id = {r:String} GROUP BY order_id", parameters={"r": run_id}
                              ).result_rows)
@@ -118,7 +159,7 @@ def _reconcile_at_start(tc, dsn: str, run_id: str, writer: TradeUpdatesWriter, n
 
     ch = open_client(dsn)
     ensure_schema(ch)
-    in_flight = in_flight_fills(tc, ch, run_id, datetime.fromtimestamp(now - 86_400, timezone.utc))
+    in_flight = in_flight_fills(tc, ch, run_id, datetime.fromtimestamp(now - CATCH_UP_S, timezone.utc))
     if in_flight:
         print(f"filled while the run was down (the flow takes them now): {in_flight}", file=sys.stderr)
     report, blocked = unclear_symbols_now(tc, ch, run_id, in_flight)
@@ -154,15 +195,18 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
     print(f"{mode} trading run {run_id} on {bootstrap}: bars from {args.topic}, broker events via "
           f"{args.trade_topic}", file=sys.stderr, flush=True)
 
+    args.trade_topic = args.trade_topic or f"trade_updates.{run_id}"  # never another run's fills
     writer = TradeUpdatesWriter(bootstrap, args.trade_topic)
     relay = None
+    stack = contextlib.ExitStack()
     try:
         blocked = _reconcile_at_start(client, dsn, run_id, writer, int(broker_now.timestamp()))
         broker = AlpacaBroker(client, run_id)
+        broker_clock = BrokerClock(client, args.clock_refresh_s)
         relay = TradeUpdateRelay(
             key, secret, run_id, writer, paper=mode == "paper", stream_url=stream_url,
             rest_url=rest_url, clock_poll_s=args.clock_poll_s, grace_s=args.grace_s,
-            trading_client=client, broker_clock=BrokerClock(client, args.clock_refresh_s),
+            catch_up_s=CATCH_UP_S, trading_client=client, broker_clock=broker_clock,
             on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct),
         ).start()
         print("trading: relay listening; the flow starts", file=sys.stderr, flush=True)
@@ -172,8 +216,10 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
             orders_writer.add("broker_orders", [rec])
             orders_writer.flush()
 
-        sink = BrokerSink(lambda: BrokerExecution(AlpacaBroker(client, run_id), writer.publish, record),
+        sink = BrokerSink(lambda: BrokerExecution(AlpacaBroker(client, run_id), writer.publish, record,
+                                                  broker_clock=broker_clock),
                           progress=MinuteProgress())
+        stack.enter_context(RelayWatchdog(relay))
         bars_identity = topic_identity(bootstrap, args.topic)
         trade_identity = topic_identity(bootstrap, args.trade_topic)
         source = KafkaBarSource(bootstrap, args.topic, tail=True, dead_letter_topic=args.dead_letter_topic,
@@ -188,6 +234,7 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
                           blocked=blocked)
         return execute(spec, source, source.partition_ids(), show_progress=False, trading=trading)
     finally:
+        stack.close()
         if relay is not None:
             relay.stop()
         writer.close()

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 from operators.calendar import trading_day
 from operators.config import TradingConfig
+from operators.live_safety import LiveSafety, minute_of
 from operators.portfolio import PendingOrder, Portfolio, Position, Rules
 from operators.types import (
-    BUY, SELL, ControlEvent, DeadLetter, Fill, Order, PortfolioOutput, Rejection, Trade, TradeUpdate,
+    BUY, SELL, DeadLetter, Fill, Order, PortfolioOutput, Rejection, Trade, TradeUpdate,
 )
 
 SUCCESS_EVENTS = frozenset({"new", "fill", "partial_fill", "replaced"})
@@ -36,8 +37,15 @@ FAILURE_EVENTS = frozenset({"rejected", "submit_failed"})
 ENDED_EVENTS = frozenset({"canceled", "expired", "rejected", "submit_failed"})
 
 
-def minute_of(ts: int) -> int:
-    return ts - ts % 60
+
+
+def oco_entry(order_id: str) -> str | None:
+    """The entry of a protective OCO's order id (`{entry}.oco`, or
+    `{entry}.oco.r{ts}` when it was placed again), else None."""
+    head, sep, tail = order_id.rpartition(".oco")
+    if sep and (not tail or tail.startswith(".r")):
+        return head
+    return None
 
 
 @dataclass(slots=True)
@@ -50,7 +58,7 @@ class Closing:
 
 
 @dataclass(slots=True)
-class BrokerPortfolio(Portfolio):
+class BrokerPortfolio(LiveSafety, Portfolio):
     max_order_failures: int = 5
     order_failures: int = 0  # consecutive broker rejections / failed submissions
     filled: dict = field(default_factory=dict)  # order id -> cumulative qty applied
@@ -63,6 +71,10 @@ class BrokerPortfolio(Portfolio):
     # symbols whose broker state is unclear (reconciliation): no orders at all until decided
     blocked: frozenset = frozenset()
     filled_since_bar: set = field(default_factory=set)  # symbols with fills since their last bar
+    notional: dict = field(default_factory=dict)  # order (leg) id -> qty * price applied
+    failed: set = field(default_factory=set)  # order (leg) ids counted by the breaker once
+    oco_ids: dict = field(default_factory=dict)  # (symbol, strategy) -> its current OCO's order id
+    unprotected: set = field(default_factory=set)  # positions whose OCO failed: asked again next bar
 
     @classmethod
     def new(cls, cfg: TradingConfig, sessions: dict | None = None,
@@ -72,8 +84,10 @@ class BrokerPortfolio(Portfolio):
                    sessions=dict(sessions or {}), blocked=frozenset(blocked))
 
     # -- bars: the steps of section 4 the broker does not do ----------------
-    def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
-              signals, out: PortfolioOutput) -> None:
+    def enter_minute(self, ts: int, out: PortfolioOutput) -> None:
+        """Minute `ts` begins (before its trade updates and bars): the last
+        minute's equity point, and a new trading day's reset (spec section 5:
+        exits filled on the day's first bar count for the new day)."""
         if ts != self.minute:
             self.close_minute(out)
             self.minute = ts
@@ -83,6 +97,10 @@ class BrokerPortfolio(Portfolio):
                 self.start_of_day_equity = self.equity()
                 self.loss_streak = 0
                 self.day_halt = None
+
+    def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
+              signals, out: PortfolioOutput) -> None:
+        self.enter_minute(ts, out)
         rules = self.rules
         self.bars_applied += 1
         # 1. fills came from the broker (applied before this minute's bars)
@@ -94,9 +112,13 @@ class BrokerPortfolio(Portfolio):
         if held:
             sells = {s.strategy_id for s in signals if s.side == SELL} if signals else ()
             for p in list(held):
-                if p.exit_queued:
-                    continue
-                if rules.trailing and p.entry_order_id not in self.orders:  # entry complete: OCO asked
+                if p.exit_queued or p.entry_order_id in self.orders:
+                    continue  # an exit is on its way / the entry is still filling
+                key = (symbol, p.strategy_id)
+                if key in self.unprotected:  # its OCO was refused or canceled: ask again
+                    self.unprotected.discard(key)
+                    self._protect(p, ts, f"{p.entry_order_id}.oco.r{ts}", out)
+                if rules.trailing:
                     if high > p.hwm:
                         p.hwm = high
                     if p.hwm >= p.entry_fill * (1 + rules.trailing_activation_pct):
@@ -104,10 +126,11 @@ class BrokerPortfolio(Portfolio):
                         if raised > p.stop_price:
                             p.stop_price = raised
                             p.trailed = True
+                            oco = self.oco_ids.get(key, f"{p.entry_order_id}.oco")
                             out.orders.append(Order(
-                                f"{p.entry_order_id}.oco", p.strategy_id, symbol, SELL, p.qty, ts,
-                                close, "trail", stop_price=raised, target_price=p.target_price,
-                                parent_id=p.entry_order_id))
+                                oco, p.strategy_id, symbol, SELL, self._open_qty(p), ts, close,
+                                "trail", stop_price=raised, target_price=p.target_price,
+                                parent_id=p.entry_order_id, oco_id=oco))
                 if p.strategy_id in sells:
                     self._queue_exit(p, ts, close, "signal", out)
                 elif (ts - p.entry_time >= rules.time_stop_s
@@ -144,56 +167,65 @@ class BrokerPortfolio(Portfolio):
             po = queued[-1]
             self.orders[po.order.order_id] = po
 
+    def _open_qty(self, p: Position) -> int:
+        """What the broker still holds of the position (an exit may have filled in part)."""
+        c = self.closing.get((p.symbol, p.strategy_id))
+        return p.qty - (c.qty if c is not None else 0)
+
+    def _protect(self, p: Position, ts: int, oco_id: str, out: PortfolioOutput) -> None:
+        self.oco_ids[(p.symbol, p.strategy_id)] = oco_id
+        out.orders.append(Order(
+            oco_id, p.strategy_id, p.symbol, SELL, self._open_qty(p), ts, p.entry_fill, "protect",
+            stop_price=p.stop_price, target_price=p.target_price, parent_id=p.entry_order_id,
+            oco_id=oco_id))
+
+    def _risk_block(self, symbol: str) -> str | None:
+        """As the backtest's, but a partly filled entry counts once (as its position)."""
+        if self.halt is not None:
+            return "halted"
+        if self.day_halt is not None:
+            return self.day_halt
+        r = self.rules
+        waiting = [po for po in self.orders.values()
+                   if po.order.side == BUY and po.position_key not in self.positions]
+        if len(self.positions) + len(waiting) >= r.max_positions:
+            return "max_positions"
+        per_symbol = len(self.by_symbol.get(symbol, ())) + sum(1 for po in waiting if po.order.symbol == symbol)
+        if per_symbol >= r.max_positions_per_symbol:
+            return "max_positions_per_symbol"
+        return None
+
     def _queue_exit(self, p: Position, ts: int, close: float, intent: str, out: PortfolioOutput,
                     leg: str = "exit") -> None:
         Portfolio._queue_exit(self, p, ts, close, intent, out, leg)
+        order = out.orders[-1]
+        order.qty = self._open_qty(p)
+        order.oco_id = self.oco_ids.get((p.symbol, p.strategy_id), f"{p.entry_order_id}.oco")
         po = self.pending[p.symbol].pop()  # the broker fills it: not a next-open fill
         if not self.pending[p.symbol]:
             del self.pending[p.symbol]
         self.orders[po.order.order_id] = po
 
-    def in_session(self, ts: int) -> bool:
-        session = self.sessions.get(trading_day(ts))
-        return session is not None and session[0] <= ts < session[1]
-
-    # -- kill switch ------------------------------------------------------
-    def apply_control(self, control, out: PortfolioOutput) -> None:
-        """As the simulated portfolio's, but entries already at the broker are
-        asked to cancel (one that fills anyway is closed at once) and exits
-        wait for the broker's fills."""
-        event = ControlEvent(control.control_id, control.action, control.flatten, control.ts,
-                             control.who, control.why)
-        if control.action == "resume":
-            self.halt = None
-            self.order_failures = 0
-        else:
-            self.halt = "kill_switch"
-            if control.flatten:
-                for po in list(self.orders.values()):
-                    o = po.order
-                    if o.side == BUY and o.order_id not in self.cancel_requested:
-                        self.cancel_requested.add(o.order_id)
-                        out.orders.append(Order(o.order_id, o.strategy_id, o.symbol, BUY, o.qty,
-                                                control.ts, o.decision_price, "cancel"))
-                        event.entries_canceled += 1
-                for p in list(self.positions.values()):
-                    if not p.exit_queued:
-                        self._queue_exit(p, control.ts, self.last_close[p.symbol], "kill_switch",
-                                         out, leg="flatten")
-                        event.exits_queued += 1
-        out.controls.append(event)
-
     # -- what the broker did ------------------------------------------------
     def apply_update(self, u: TradeUpdate, out: PortfolioOutput) -> None:
+        if u.event in ("fill", "partial_fill") and not (u.fill_qty > 0 and u.filled_qty > 0
+                                                       and u.fill_price > 0):
+            out.dead_letters.append(DeadLetter(u.symbol, u.ts, "invalid_fill", u.order_id,
+                                               f"{u.fill_qty} @ {u.fill_price} (filled {u.filled_qty})"))
+            return
         if u.event in SUCCESS_EVENTS:
             self.order_failures = 0
         elif u.event in FAILURE_EVENTS:
-            self._order_failed(u, out)
+            failed_id = f"{u.order_id}.{u.leg}"
+            if failed_id not in self.failed:  # a caught-up copy is not another failure
+                self.failed.add(failed_id)
+                self._order_failed(u, out)
         if u.event == "reconciled":
             self._reconciled(u, out)
             return
-        if u.leg:
-            self._protection_update(u, out)
+        entry_id = oco_entry(u.order_id)
+        if entry_id is not None:
+            self._protection_update(entry_id, u, out)
             return
         po = self.orders.get(u.order_id)
         if po is None:
@@ -206,7 +238,7 @@ class BrokerPortfolio(Portfolio):
             delta = u.filled_qty - self.filled.get(u.order_id, 0)
             if delta > 0:  # a replayed or caught-up update adds nothing
                 self.filled[u.order_id] = u.filled_qty
-                price = u.fill_price
+                price = self._delta_price(u.order_id, u, delta)
                 if po.order.side == BUY:
                     self._entry_filled(po, delta, price, u.ts, out)
                 else:
@@ -216,14 +248,15 @@ class BrokerPortfolio(Portfolio):
         if done:
             self._order_ended(po, u, out)
 
-    def _order_failed(self, u: TradeUpdate, out: PortfolioOutput) -> None:
-        self.order_failures += 1
-        if self.order_failures >= self.max_order_failures and self.halt != "order_failures":
-            self.halt = "order_failures"
-            out.controls.append(ControlEvent(
-                f"order_failures.{u.ts}", "halt", False, minute_of(u.ts), "circuit_breaker",
-                f"{self.order_failures} broker rejections or failed submissions in a row "
-                f"(last: {u.order_id}: {u.detail or u.event})"))
+    def _delta_price(self, seen_id: str, u: TradeUpdate, delta: int) -> float:
+        """The price of the `delta` shares not applied yet: this fill's, or,
+        when an update covers several fills (a catch-up gives the order's
+        cumulative quantity at its average price), what the average implies."""
+        price = u.fill_price
+        if delta != u.fill_qty and u.fill_qty == u.filled_qty:
+            price = (u.fill_price * u.filled_qty - self.notional.get(seen_id, 0.0)) / delta
+        self.notional[seen_id] = self.notional.get(seen_id, 0.0) + delta * price
+        return price
 
     def _entry_filled(self, po: PendingOrder, qty: int, price: float, ts: int,
                       out: PortfolioOutput) -> None:
@@ -272,6 +305,10 @@ class BrokerPortfolio(Portfolio):
             return
         del self.closing[key]
         del self.positions[key]
+        self.oco_ids.pop(key, None)
+        self.unprotected.discard(key)
+        for oid in [i for i, po in self.orders.items() if po.position_key == key and po.order.side == SELL]:
+            del self.orders[oid]  # an exit the broker skipped: the position is closed
         held = self.by_symbol[p.symbol]
         held.remove(p)
         if not held:
@@ -291,7 +328,10 @@ class BrokerPortfolio(Portfolio):
                 self.day_halt = "daily_loss_streak"
 
     def _order_ended(self, po: PendingOrder, u: TradeUpdate, out: PortfolioOutput) -> None:
-        o = self.orders.pop(po.order.order_id).order
+        popped = self.orders.pop(po.order.order_id, None)
+        if popped is None:
+            return  # an exit forgotten when its position closed
+        o = popped.order
         if o.side == BUY:
             rest = o.qty - self.filled.get(o.order_id, 0)
             self.pending_entries -= 1
@@ -308,22 +348,26 @@ class BrokerPortfolio(Portfolio):
                 return
             if o.order_id in self.cancel_requested:
                 self.cancel_requested.discard(o.order_id)
-                self._queue_exit(p, minute_of(u.ts), self.last_close[p.symbol], "kill_switch", out,
-                                 leg="flatten")
+                if not p.exit_queued:
+                    self._queue_exit(p, minute_of(u.ts), self.last_close[p.symbol], "kill_switch",
+                                     out, leg="flatten")
                 return
-            out.orders.append(Order(
-                f"{o.order_id}.oco", o.strategy_id, o.symbol, SELL, p.qty, minute_of(u.ts),
-                p.entry_fill, "protect", stop_price=p.stop_price, target_price=p.target_price,
-                parent_id=o.order_id))
+            self._protect(p, minute_of(u.ts), f"{o.order_id}.oco", out)
         else:
             p = self.positions.get(po.position_key)
             if p is not None and self.filled.get(o.order_id, 0) < o.qty:
                 p.exit_queued = False  # not (all) sold: the next bar decides again
+                # the sink canceled the OCO before this exit: protect what is left again
+                self.unprotected.add(po.position_key)
 
-    def _protection_update(self, u: TradeUpdate, out: PortfolioOutput) -> None:
-        entry_id = u.order_id[: -len(".oco")] if u.order_id.endswith(".oco") else u.order_id
+    def _protection_update(self, entry_id: str, u: TradeUpdate, out: PortfolioOutput) -> None:
         key = next((k for k, p in self.positions.items() if p.entry_order_id == entry_id), None)
-        if key is None or not u.fill_qty:
+        if key is None:
+            return
+        if u.event in FAILURE_EVENTS and u.order_id == self.oco_ids.get(key):
+            self.unprotected.add(key)  # refused: asked again at the position's next bar
+            return
+        if not u.fill_qty:
             return
         seen_id = f"{u.order_id}.{u.leg}"
         delta = u.filled_qty - self.filled.get(seen_id, 0)
@@ -332,14 +376,5 @@ class BrokerPortfolio(Portfolio):
         self.filled[seen_id] = u.filled_qty
         p = self.positions[key]
         reason = "take_profit" if u.leg == "target" else ("trailing_stop" if p.trailed else "stop_loss")
-        self._exit_filled(key, f"{u.order_id}.{u.leg}", delta, u.fill_price, u.ts, reason, out)
-
-    def _reconciled(self, u: TradeUpdate, out: PortfolioOutput) -> None:
-        """The symbol was flattened at the broker by a person: its positions
-        are closed here at the last close (reason `flatten`; the broker's own
-        closing price is in its records) and its open orders forgotten."""
-        for po in [po for po in self.orders.values() if po.order.symbol == u.symbol]:
-            self._order_ended(po, u, PortfolioOutput())  # no protection for what is gone
-        for p in list(self.by_symbol.get(u.symbol, ())):
-            price = self.last_close.get(u.symbol, p.entry_fill)
-            self._exit_filled((p.symbol, p.strategy_id), u.order_id, p.qty, price, u.ts, "flatten", out)
+        price = self._delta_price(seen_id, u, delta)
+        self._exit_filled(key, seen_id, delta, price, u.ts, reason, out)

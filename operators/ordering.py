@@ -143,8 +143,10 @@ class PortfolioStage:
             return
         if isinstance(item, BrokerEvent):
             # the broker's truth is never dropped: a late one applies at the next bars
+            # A late update applies at its partition's watermark at its position
+            # (never behind the global one, and the same in a replay).
             u = item.update
-            minute = max(u.ts - u.ts % 60, self.applied_until)
+            minute = max(u.ts - u.ts % 60, cur.watermark)
             self.updates.append((minute, u.symbol, item.partition, item.seq, u))
             return
         result = item.output
@@ -206,6 +208,7 @@ class PortfolioStage:
         so the symbols before it in that minute do not see them yet."""
         i = 0
         while i < len(updates) and (updates[i][0], updates[i][1]) <= upto:
+            self.portfolio.enter_minute(updates[i][0], out)  # a new minute (day) begins first
             self.portfolio.apply_update(updates[i][4], out)
             i += 1
         del updates[:i]

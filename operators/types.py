@@ -72,6 +72,7 @@ class Order:
     stop_price: float = 0.0
     target_price: float = 0.0
     parent_id: str = ""
+    oco_id: str = ""  # the protective OCO an exit cancels first, or a trail moves
 
 
 @dataclass(slots=True)

@@ -141,3 +141,32 @@ def test_cancel_asks_the_broker_to_cancel_an_open_entry(server):
     rec = h.run(order("cancel"))
     assert rec.status == "pending_cancel"
     assert server.order(f"run1.{ENTRY_ID}")["status"] == "canceled"
+
+
+def test_an_entry_decided_on_old_bars_never_reaches_the_broker(server):
+    h = Harness(server)
+    h.now = 1704207300 + 60 + 3600  # its bar closed an hour ago (a replay of history)
+    rec = h.run(order())
+    assert rec.status == "skipped" and "stale" in rec.detail and not server.order_posts()
+    (u,) = h.published
+    assert (u.order_id, u.event) == (ENTRY_ID, "expired")
+
+
+def test_an_exit_after_a_partly_filled_oco_sells_only_the_rest(server):
+    h = Harness(server)
+    h.run(order())
+    server.fill(f"run1.{ENTRY_ID}", price=100.0)
+    rec = h.run(protect())
+    server.fill(rec.broker_order_id, qty=4, price=102.0)  # the take-profit limit fills 4 of 10
+    exit_id = "sma_5_15.AAPL.1704210000.exit"
+    h.run(order("signal", SELL, exit_id, parent_id=ENTRY_ID))
+    (post,) = server.order_posts(f"run1.{exit_id}")
+    assert float(post.body["qty"]) == 6
+
+
+def test_an_invalid_request_with_alpacas_generic_code_is_a_rejection_not_adopted(server):
+    from connectors.broker import BrokerRejected
+    h = Harness(server)
+    server.reject_next_orders(1, status=422, body={"code": 40010001, "message": "asset is not active"})
+    with pytest.raises(BrokerRejected):
+        h.broker.submit_order(order())

@@ -87,7 +87,8 @@ class Session:
         self.lines = queue.Queue()
         args = [*CUTS, "run", "--alpaca", "--kafka", self.kafka, "--topic", self.topic, "--run-id", "paper1",
                 "--config", str(self.tmp / "cfg.yaml"), "--clickhouse", self.dsn,
-                "--clock-poll-s", "0.02", "--grace-s", "0.05", "--clock-refresh-s", "0"]
+                "--clock-poll-s", "0.02", "--grace-s", "0.05", "--clock-refresh-s", "0",
+                "--trade-topic", f"trade_updates.{self.topic}"]  # each test its own broker account
         if recovery is not None:
             args += ["--recovery-dir", str(recovery), "--snapshot-s", "1"]
         self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
