@@ -38,8 +38,8 @@ from alpaca.common.exceptions import APIError
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.broker import (
-    AlpacaBroker, BrokerRejected, BrokerRetriable, Submitted, client_order_id, to_protection_request,
-    to_stop_replace, to_tick,
+    AlpacaBroker, BrokerError, BrokerRejected, BrokerRetriable, Submitted, client_order_id,
+    to_protection_request, to_stop_replace, to_tick,
 )
 from operators.types import BUY, SELL, Order, TradeUpdate
 
@@ -125,6 +125,11 @@ class BrokerExecution:
             else:
                 raise ValueError(f"unknown order intent {order.intent!r}")
         except (BrokerRejected, BrokerRetriable, requests.ConnectionError, requests.Timeout) as exc:
+            placed = None
+            if not isinstance(exc, BrokerRejected) and order.intent in MARKET_INTENTS | {"protect"}:
+                placed = self._placed_anyway(cid)
+            if placed is not None:  # the broker took it before it stopped answering
+                return self._record(order, cid, received, str(placed.id), _status(placed), True, str(exc))
             if order.intent in MARKET_INTENTS or order.intent == "protect":
                 self.publish(TradeUpdate(order.order_id, "submit_failed", order.symbol,
                                          order.side, order.decided_ts + 60, detail=str(exc)))
@@ -145,6 +150,13 @@ class BrokerExecution:
                     raise
                 self.sleep(delay)
                 delay *= 2
+
+    def _placed_anyway(self, cid: str):
+        """After the retries: is the order at the broker all the same?"""
+        try:
+            return self._get_by_cid(cid)
+        except (BrokerError, requests.ConnectionError, requests.Timeout):
+            return None  # still unreachable: reported as failed (its fill, if any, is reconciled)
 
     def _get_by_cid(self, cid: str):
         try:

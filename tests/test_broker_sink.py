@@ -170,3 +170,11 @@ def test_an_invalid_request_with_alpacas_generic_code_is_a_rejection_not_adopted
     server.reject_next_orders(1, status=422, body={"code": 40010001, "message": "asset is not active"})
     with pytest.raises(BrokerRejected):
         h.broker.submit_order(order())
+
+
+def test_an_order_the_broker_took_before_it_stopped_answering_is_adopted_not_failed(server):
+    h = Harness(server)
+    server.reject_next_orders(1, status=503, accept=True)  # taken, then 503
+    server.reject_next_orders(40, status=503)  # and every retry 503 too
+    rec = h.run(order())
+    assert rec.adopted and rec.broker_order_id and h.published == []
