@@ -231,9 +231,32 @@ def close_clients() -> None:
 
 
 def ensure_schema(client, database: str = DATABASE) -> None:
+    """Create what is missing; a table from an older version gets its new
+    columns (with their defaults). Its sorting key stays as it was created:
+    a warning says so (a fresh database, or `DROP TABLE`, takes the new one)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     for table in ("runs", *TABLES):
         client.command(ddl(table, database))
+    rows = client.query("SELECT table, name FROM system.columns WHERE database = {d:String}",
+                        parameters={"d": database}).result_rows
+    have: dict[str, set] = {}
+    for table, name in rows:
+        have.setdefault(table, set()).add(name)
+    keys = dict(client.query("SELECT name, sorting_key FROM system.tables WHERE database = {d:String}",
+                             parameters={"d": database}).result_rows)
+    for table, (cols, order) in TABLES.items():
+        for name, ctype, _kind in cols:
+            if name not in have.get(table, {name}):
+                client.command(f"ALTER TABLE `{database}`.`{table}` ADD COLUMN IF NOT EXISTS `{name}` {ctype}")
+        wanted = ", ".join(("run_id",) + order)
+        if keys.get(table) not in (None, wanted) and (database, table) not in _warned_keys:
+            _warned_keys.add((database, table))
+            log.warning("ClickHouse table %s.%s was created by an older version (ORDER BY %s, now %s): "
+                        "rows that differ only in the new key columns replace each other there",
+                        database, table, keys[table], wanted)
+
+
+_warned_keys: set = set()
 
 
 def insert_columns(client, table: str, cols: dict[str, list], database: str = DATABASE) -> None:

@@ -197,3 +197,18 @@ def test_sink_writes_symbol_and_portfolio_outputs(client):
     for table, events in EVENTS.items():
         if table != "broker_orders":  # written by the broker sink, not this one
             assert final_count(client, table, "sink") == len(events), table
+
+
+def test_a_table_from_an_older_version_gets_its_new_columns(client):
+    client.command("CREATE DATABASE IF NOT EXISTS olddb")
+    client.command("CREATE TABLE olddb.orders (run_id String, order_id String, strategy_id String, symbol String, "
+                   "side String, qty Int64, decided_ts DateTime64(3, 'UTC'), decision_price Float64, intent String) "
+                   "ENGINE = ReplacingMergeTree ORDER BY (run_id, order_id)")
+    ch.ensure_schema(client, database="olddb")
+    names = {r[0] for r in client.query("SELECT name FROM system.columns WHERE database = 'olddb' "
+                                        "AND table = 'orders'").result_rows}
+    assert {"stop_price", "target_price", "parent_id", "oco_id"} <= names
+    w = ch.ClickHouseWriter(client, "old", database="olddb")
+    w.add("orders", EVENTS["orders"])
+    w.flush()
+    assert client.command("SELECT count() FROM olddb.orders FINAL") == len(EVENTS["orders"])
