@@ -9,12 +9,18 @@
    broker to the moment the portfolio stage emits that minute's output
    (its equity point: the minute's orders are in the same output).
 
-    .venv/bin/python bench/stream.py [--symbols 31] [--days 10] [--minutes 1000]
+    .venv/bin/python bench/stream.py [--symbols 31] [--days 10] [--minutes 1000] [--rounds 1]
+
+Single runs of either backtest vary by 10-20 % on this machine (other load,
+noisy neighbours): compare rates with `--rounds 9` or more, which alternates
+the two backtests and prints the medians.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,18 +103,30 @@ def measure_live_latency(bootstrap: str, symbols: int, minutes: int, pace_s: flo
     return [sink.seen[ts] - complete[ts] for ts in stamps if ts in sink.seen]
 
 
-def replay(bootstrap: str, tmp: str, symbols: int, days: int) -> None:
+def _rate(out: str) -> float:
+    return float(re.search(r"\(([\d,]+) bars/s\)", out).group(1).replace(",", ""))
+
+
+def replay(bootstrap: str, tmp: str, symbols: int, days: int, rounds: int = 1) -> None:
     bars = os.path.join(tmp, "bars.parquet")
     cuts("generate", "--symbols", str(symbols), "--days", str(days), "--seed", "5", "--out", bars)
     started = time.perf_counter()
     cuts("publish", "--bars", bars, "--kafka", bootstrap, "--topic", "bench", "--partitions", "3")
     pub = time.perf_counter() - started
-    out_file = cuts("backtest", "--bars", bars, "--clickhouse", f"chdb://{tmp}/ch1", "--quiet")
-    out_kafka = cuts("backtest", "--kafka", bootstrap, "--topic", "bench", "--clickhouse",
-                     f"chdb://{tmp}/ch2", "--quiet")
     print(f"publish: {pub:.1f} s")
-    print("file backtest :", out_file.strip())
-    print("kafka replay  :", out_kafka.strip())
+    file_rates, kafka_rates = [], []
+    for r in range(rounds):  # alternating, each run into a fresh ClickHouse directory
+        out_file = cuts("backtest", "--bars", bars, "--clickhouse", f"chdb://{tmp}/ch1-{r}", "--quiet")
+        out_kafka = cuts("backtest", "--kafka", bootstrap, "--topic", "bench", "--clickhouse",
+                         f"chdb://{tmp}/ch2-{r}", "--quiet")
+        print("file backtest :", out_file.strip())
+        print("kafka replay  :", out_kafka.strip())
+        file_rates.append(_rate(out_file))
+        kafka_rates.append(_rate(out_kafka))
+    if rounds > 1:
+        f, k = statistics.median(file_rates), statistics.median(kafka_rates)
+        print(f"medians of {rounds} rounds: file {f:,.0f} bars/s, kafka replay {k:,.0f} bars/s "
+              f"({k / f:.0%} of the file rate)")
 
 
 def main() -> int:
@@ -118,13 +136,15 @@ def main() -> int:
     ap.add_argument("--minutes", type=int, default=1000)
     ap.add_argument("--pace-ms", type=float, default=20.0, help="wall time between minutes")
     ap.add_argument("--skip-replay", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="file and replay backtests, alternating, this many times (medians when > 1)")
     args = ap.parse_args()
     from connectors.config import kafka_bootstrap
     from connectors.embedded_kafka import kafka_bootstrap_or_embedded
 
     with tempfile.TemporaryDirectory() as tmp, kafka_bootstrap_or_embedded(kafka_bootstrap(None)) as bootstrap:
         if not args.skip_replay:
-            replay(bootstrap, tmp, args.symbols, args.days)
+            replay(bootstrap, tmp, args.symbols, args.days, args.rounds)
         lat = measure_live_latency(bootstrap, args.symbols, args.minutes, args.pace_ms / 1000)
         lat.sort()
         ms = [x * 1000 for x in lat]

@@ -142,15 +142,17 @@ class KafkaBarSource(KafkaSource):
     re-created topic raises `TopicChanged` instead of silently skipping its
     data.
 
-    `batch_size` caps the messages taken per poll of a partition (a poll
-    returns what has arrived within 1 ms), so a large cap costs a tailing
-    flow no latency and lets a replay work in large batches. Records are
-    decoded by a fast path with exactly `decode_record`'s decisions (see
-    "consuming" below).
+    `poll_size` caps the messages taken per poll of a partition (a poll
+    returns what has arrived within 1 ms); while polls come back full (a
+    backlog), one batch takes several, up to `batch_size` messages. So a
+    tailing flow pays no latency for large batches, and a replay works in
+    large batches decoded one small poll at a time (see
+    `_BarPartition.next_batch`). Records are decoded by a fast path with
+    exactly `decode_record`'s decisions (see `connectors.kafka_codec`).
     """
 
     def __init__(self, bootstrap: str, topic: str, *, tail: bool = True,
-                 dead_letter_topic: str | None = None, batch_size: int = 10_000,
+                 dead_letter_topic: str | None = None, batch_size: int = 10_000, poll_size: int = 1_000,
                  fetch_wait_ms: int = 10, add_config: dict | None = None,
                  check_identity: bool = True, identity: str | None = None):
         brokers = [b.strip() for b in bootstrap.split(",") if b.strip()]
@@ -169,6 +171,7 @@ class KafkaBarSource(KafkaSource):
         }
         config.update(add_config or {})
         super().__init__(brokers, [topic], tail=tail, add_config=config, batch_size=batch_size)
+        self.poll_size = max(1, min(poll_size, batch_size))
         self.bootstrap = bootstrap
         self.topic = topic
         self.tail = tail
@@ -209,7 +212,8 @@ class KafkaBarSource(KafkaSource):
                     f"broker restarted: start with a fresh recovery directory")
         inner = self._raw_part(step_id, topic, partition, offset)
         writer = self._writer.acquire() if self._writer is not None else None
-        return _BarPartition(inner, topic, partition, self.tail, seq, watermark, identity, writer)
+        return _BarPartition(inner, topic, partition, self.tail, seq, watermark, identity, writer,
+                             max_batch=self._batch_size)
 
     def _raw_part(self, step_id: str, topic: str, partition: int, offset) -> _RawKafkaPartition:
         """`KafkaSource.build_part` of Bytewax 0.21.1 (same consumer config),
@@ -224,4 +228,4 @@ class KafkaBarSource(KafkaSource):
         }
         config.update(self._add_config)
         return _RawKafkaPartition(step_id, config, topic, partition, self._starting_offset, offset,
-                                  self._batch_size, self._raise_on_errors)
+                                  self.poll_size, self._raise_on_errors)

@@ -240,6 +240,64 @@ def test_fast_path_late_bars_markers_and_groups_like_the_reference():
     run_both([batch1, batch2], tail=True, seq=40, watermark=T0 + 60)
 
 
+class PollingInner(FakeInner):
+    """FakeInner whose polls hold at most `_batch_size` messages (as `_RawKafkaPartition`)."""
+
+    def __init__(self, polls, poll_size, eof_after=False):
+        super().__init__(polls, eof_after)
+        self._batch_size = poll_size
+        self.calls = 0
+
+    def next_batch(self):
+        self.calls += 1
+        batch = super().next_batch()
+        assert len(batch) <= self._batch_size
+        return batch
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_full_polls_are_taken_into_one_batch_like_their_concatenation(tail):
+    """While polls come back full, one batch takes several of them (up to
+    max_batch): its items are those of the concatenated messages, so a batch
+    boundary changes nothing but the item count."""
+    enc = encode_bar
+    msgs = [FakeMessage(*enc(bar("AAA", 0)), 0), FakeMessage(*enc(bar("BBB", 0, n=3.0)), 1),
+            FakeMessage(None, encode_watermark(T0 + 60), 2), FakeMessage(*enc(bar("AAA", 0)), 3),  # late
+            FakeMessage(b"AAA", b"{broken", 4), FakeMessage(*enc(bar("CCC", 1)), 5),
+            FakeMessage(*enc(bar("AAA", 1, vw=2.5)), 6), FakeMessage(None, encode_watermark(T0 + 120), 7),
+            FakeMessage(*enc(bar("BBB", 2)), 8), FakeMessage(*enc(bar("AAA", 2)), 9),
+            FakeMessage(*enc(bar("CCC", 2)), 10)]
+    polls = [msgs[0:3], msgs[3:6], msgs[6:9], msgs[9:10], msgs[10:11]]  # full, full, full, short | next batch
+    inner = PollingInner(polls, 3, eof_after=not tail)
+    writer = FakeWriter()
+    part = kafka_mod._BarPartition(inner, "bars", 2, tail, 5, -1, "id", writer, max_batch=100)
+    ref = ReferencePartition("bars", 2, tail, 5, -1)
+    assert_same_items(part.next_batch(), ref.items(msgs[0:10], False))
+    assert inner.calls == 4  # three full polls, then a short one ends the batch
+    assert_same_items(part.next_batch(), ref.items(msgs[10:11], not tail))
+    assert (part.seq, part.watermark) == (ref.seq, ref.watermark)
+    assert [c for _, _, c in writer.calls] == ref.copies  # one copy call per batch
+
+
+def test_a_batch_stops_at_max_batch_and_at_the_end_of_the_partition():
+    msgs = [FakeMessage(*encode_bar(bar("AAA", i)), i) for i in range(7)]
+    inner = PollingInner([msgs[0:2], msgs[2:4], msgs[4:6], msgs[6:7]], 2)
+    part = kafka_mod._BarPartition(inner, "bars", 0, True, 0, -1, None, None, max_batch=4)
+    ref = ReferencePartition("bars", 0, True, 0, -1)
+    assert_same_items(part.next_batch(), ref.items(msgs[0:4], False))  # 4 messages: the cap
+    assert_same_items(part.next_batch(), ref.items(msgs[4:7], False))  # full poll, then a short one
+    assert inner.calls == 4
+    inner = PollingInner([msgs[0:2], msgs[2:4], msgs[4:6]], 2, eof_after=True)
+    inner.batches[1:] = []  # the partition ends after a full poll: nothing is asked after the end
+    inner._eof = False
+    part = kafka_mod._BarPartition(inner, "bars", 0, False, 0, -1, None, None, max_batch=100)
+    ref = ReferencePartition("bars", 0, False, 0, -1)
+    assert_same_items(part.next_batch(), ref.items(msgs[0:2], True))
+    assert inner.calls == 1 and part.ended
+    with pytest.raises(StopIteration):
+        part.next_batch()
+
+
 def test_fast_path_takes_published_records_and_leaves_the_rest_to_decode_record(monkeypatch):
     slow = []
     real = kafka_mod._BarPartition._decode_slow
