@@ -220,6 +220,10 @@ def close_clients() -> None:
         _writers.clear()
     try:
         for writer in writers:  # rows a sink left behind (close() not called)
+            if getattr(writer, "failed", False):
+                # that error already ended the run: raising it again here would hide it
+                log.error("ClickHouse: rows of run %s left unwritten after a failed insert", writer.run_id)
+                continue
             writer.flush()
     finally:
         for client in clients:
@@ -279,6 +283,7 @@ class ClickHouseWriter:
     def __init__(self, client, run_id: str, batch_rows: int = 20_000, database: str = DATABASE):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
+        self.failed = False  # an insert failed: close_clients() leaves the rest alone
         self._buffers: dict[str, dict[str, list]] = {}
         self._lock = threading.Lock()
 
@@ -321,6 +326,7 @@ class ClickHouseWriter:
                 buf = self._buffers.setdefault(table, {n: [] for n in batch})
                 for name, values in batch.items():
                     buf[name].extend(values)
+                self.failed = True
             raise
         with self._lock:
             self.written[table] = self.written.get(table, 0) + len(batch["run_id"])
@@ -422,16 +428,26 @@ class _SinkPartition(StatelessSinkPartition):
     def __init__(self, writer: ClickHouseWriter, flush_each_batch: bool):
         self.writer = writer
         self.flush_each_batch = flush_each_batch
+        self.failed = False
 
     def write_batch(self, items: Iterable) -> None:
-        for item in items:
-            write_output(self.writer, item)
-        if self.flush_each_batch:
-            # Durable before Bytewax can commit this epoch's snapshot: after a
-            # crash, everything older than the snapshot is already stored.
-            self.writer.flush()
+        try:
+            for item in items:
+                write_output(self.writer, item)
+            if self.flush_each_batch:
+                # Durable before Bytewax can commit this epoch's snapshot: after a
+                # crash, everything older than the snapshot is already stored.
+                self.writer.flush()
+        except BaseException:
+            self.failed = True
+            raise
 
     def close(self) -> None:
+        if self.failed:
+            # Bytewax closes the partition while the write's error unwinds: failing
+            # again there aborts the process (a Rust panic) and hides that error.
+            log.error("ClickHouse sink closed after a failed write: buffered rows not written")
+            return
         self.writer.flush()  # the client stays open: close_clients() on the main thread
 
 

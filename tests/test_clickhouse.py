@@ -6,6 +6,7 @@ module-scoped directory (distinct run_ids per test) and closes its clients at
 teardown, leaving the process free for other modules' directories.
 """
 import dataclasses
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -212,3 +213,36 @@ def test_a_table_from_an_older_version_gets_its_new_columns(client):
     w.add("orders", EVENTS["orders"])
     w.flush()
     assert client.command("SELECT count() FROM olddb.orders FINAL") == len(EVENTS["orders"])
+
+
+def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
+    """An insert ClickHouse refuses (here: a table without the sink's columns)
+    stops the flow with that error; closing the sink does not fail again."""
+    import subprocess
+    import sys as _sys
+    import textwrap
+    script = textwrap.dedent(f"""
+        from bytewax.dataflow import Dataflow
+        import bytewax.operators as op
+        from bytewax.testing import TestingSource, run_main
+        from connectors import clickhouse as ch
+        from operators.types import PortfolioOutput, Trade
+        dsn = "chdb://{tmp_path / 'ch'}"
+        c = ch.open_client(dsn)
+        c.command("CREATE DATABASE IF NOT EXISTS thousandcuts")
+        c.command("CREATE TABLE thousandcuts.trades (run_id String) ENGINE = MergeTree ORDER BY run_id")
+        ch.ensure_schema = lambda client, database="thousandcuts": None  # keep the broken table
+        t = Trade("t", "AAPL", "s", 1, 60, 1.0, 120, 1.0, "signal", 0.0, 0.0, 0.0)
+        flow = Dataflow("f")
+        op.output("out", op.input("in", flow, TestingSource([PortfolioOutput(trades=[t])])),
+                  ch.ClickHouseSink(dsn, "r", flush_each_batch=True))
+        try:
+            run_main(flow)
+        except Exception as exc:
+            print("FAILED CLEANLY:", type(exc).__name__)
+        ch.close_clients()
+    """)
+    proc = subprocess.run([_sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 0 and "FAILED CLEANLY" in proc.stdout, proc.stderr[-2000:]
+    assert "panic in a destructor" not in proc.stderr
