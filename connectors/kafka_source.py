@@ -202,14 +202,7 @@ class KafkaBarSource(KafkaSource):
         idx, topic = for_part.split("-", 1)
         partition = int(idx)
         identity = self.identity() if self.check_identity else None
-        offset, seq, watermark = None, 0, -1
-        if resume_state is not None:
-            offset, seq, watermark, stored = resume_state
-            if self.check_identity and stored is not None and stored != identity:
-                raise TopicChanged(
-                    f"Kafka at {self.bootstrap}: topic {topic} is not the one the recovery state "
-                    f"was taken from (topic id {stored}, now {identity}); it was re-created or the "
-                    f"broker restarted: start with a fresh recovery directory")
+        offset, seq, watermark = resume_position(resume_state, identity, self.bootstrap, topic)
         inner = self._raw_part(step_id, topic, partition, offset)
         writer = self._writer.acquire() if self._writer is not None else None
         return _BarPartition(inner, topic, partition, self.tail, seq, watermark, identity, writer,
@@ -219,13 +212,35 @@ class KafkaBarSource(KafkaSource):
         """`KafkaSource.build_part` of Bytewax 0.21.1 (same consumer config),
         building the partition that hands out librdkafka messages as they are.
         tests/test_kafka_fastpath.py checks the config against Bytewax's own."""
-        config = {
-            "group.id": "BYTEWAX_IGNORED",  # offsets live in the recovery store
-            "enable.auto.commit": "false",
-            "bootstrap.servers": ",".join(self._brokers),
-            "enable.partition.eof": str(not self._tail),
-            "statistics.interval.ms": 1000,
-        }
-        config.update(self._add_config)
-        return _RawKafkaPartition(step_id, config, topic, partition, self._starting_offset, offset,
-                                  self.poll_size, self._raise_on_errors)
+        return raw_partition(step_id, self._brokers, self._tail, self._add_config, topic, partition,
+                             self._starting_offset, offset, self.poll_size, self._raise_on_errors)
+
+
+def resume_position(resume_state, identity: str | None, bootstrap: str, topic: str) -> tuple:
+    """(offset, seq, watermark) to start a partition from; `TopicChanged`
+    when the snapshot was taken from another incarnation of the topic
+    (`identity` None: not checked). Snapshots are (offset, seq, watermark, topic id)."""
+    if resume_state is None:
+        return None, 0, -1
+    offset, seq, watermark, stored = resume_state
+    if identity is not None and stored is not None and stored != identity:
+        raise TopicChanged(
+            f"Kafka at {bootstrap}: topic {topic} is not the one the recovery state "
+            f"was taken from (topic id {stored}, now {identity}); it was re-created or the "
+            f"broker restarted: start with a fresh recovery directory")
+    return offset, seq, watermark
+
+
+def raw_partition(step_id: str, brokers: list, tail: bool, add_config: dict, topic: str, partition: int,
+                  starting_offset, offset, batch_size: int, raise_on_errors: bool) -> _RawKafkaPartition:
+    """A `_RawKafkaPartition` with Bytewax 0.21.1's consumer config (offsets in the recovery store)."""
+    config = {
+        "group.id": "BYTEWAX_IGNORED",  # offsets live in the recovery store
+        "enable.auto.commit": "false",
+        "bootstrap.servers": ",".join(brokers),
+        "enable.partition.eof": str(not tail),
+        "statistics.interval.ms": 1000,
+    }
+    config.update(add_config)
+    return _RawKafkaPartition(step_id, config, topic, partition, starting_offset, offset, batch_size,
+                              raise_on_errors)

@@ -29,8 +29,8 @@ import threading
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING
 
-from connectors.kafka_admin import TopicChanged, topic_identity, topic_partitions
-from connectors.kafka_source import _RawKafkaPartition
+from connectors.kafka_admin import topic_identity, topic_partitions
+from connectors.kafka_source import raw_partition, resume_position
 from connectors.trade_updates import TradeMarker, decode_trade_record
 from operators.ordering import END_OF_TIME, TRADE_UPDATES_PARTITION_BASE, BrokerEvent, Watermark
 from operators.types import TradeUpdate
@@ -129,22 +129,7 @@ class TradeUpdateSource(FixedPartitionedSource):
         idx, topic = for_part.split("-", 1)
         partition = int(idx)
         identity = self.identity() if self.check_identity else None
-        offset, seq, watermark = None, 0, -1
-        if resume_state is not None:
-            offset, seq, watermark, stored = resume_state
-            if self.check_identity and stored is not None and stored != identity:
-                raise TopicChanged(
-                    f"Kafka at {self.bootstrap}: topic {topic} is not the one the recovery state "
-                    f"was taken from (topic id {stored}, now {identity}): start with a fresh "
-                    f"recovery directory")
-        config = {
-            "group.id": "BYTEWAX_IGNORED",  # offsets live in the recovery store
-            "enable.auto.commit": "false",
-            "bootstrap.servers": ",".join(self._brokers),
-            "enable.partition.eof": str(not self.tail),
-            "statistics.interval.ms": 1000,
-        }
-        config.update(self._config)
-        inner = _RawKafkaPartition(step_id, config, topic, partition, OFFSET_BEGINNING, offset,
-                                   self.batch_size, True)
+        offset, seq, watermark = resume_position(resume_state, identity, self.bootstrap, topic)
+        inner = raw_partition(step_id, self._brokers, self.tail, self._config, topic, partition,
+                              OFFSET_BEGINNING, offset, self.batch_size, True)
         return _TradePartition(inner, topic, partition, self.tail, seq, watermark, identity)

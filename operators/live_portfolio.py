@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from operators.calendar import trading_day
 from operators.config import TradingConfig
 from operators.live_safety import LiveSafety, minute_of
 from operators.portfolio import PendingOrder, Portfolio, Position, Rules
@@ -84,20 +83,6 @@ class BrokerPortfolio(LiveSafety, Portfolio):
                    sessions=dict(sessions or {}), blocked=frozenset(blocked))
 
     # -- bars: the steps of section 4 the broker does not do ----------------
-    def enter_minute(self, ts: int, out: PortfolioOutput) -> None:
-        """Minute `ts` begins (before its trade updates and bars): the last
-        minute's equity point, and a new trading day's reset (spec section 5:
-        exits filled on the day's first bar count for the new day)."""
-        if ts != self.minute:
-            self.close_minute(out)
-            self.minute = ts
-            day = trading_day(ts)
-            if day != self.day:
-                self.day = day
-                self.start_of_day_equity = self.equity()
-                self.loss_streak = 0
-                self.day_halt = None
-
     def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
               signals, out: PortfolioOutput) -> None:
         self.enter_minute(ts, out)

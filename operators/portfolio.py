@@ -120,14 +120,10 @@ class Portfolio:
         )
         self.minute = None
 
-    # -- the steps of section 4 -------------------------------------------
-    def apply_bar(self, bar: Bar, signals, out: PortfolioOutput) -> None:
-        """Apply one accepted bar with its (unfiltered-out) signals."""
-        self.apply(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, signals, out)
-
-    def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
-              signals, out: PortfolioOutput) -> None:
-        """The steps of section 4 for one bar (scalars: this is the hot path)."""
+    def enter_minute(self, ts: int, out: PortfolioOutput) -> None:
+        """Minute `ts` begins: the last minute's equity point, and a new
+        trading day's reset (section 5: before step 1 of its first bar; live,
+        before the minute's broker updates)."""
         if ts != self.minute:
             self.close_minute(out)
             self.minute = ts
@@ -137,6 +133,17 @@ class Portfolio:
                 self.start_of_day_equity = self.equity()
                 self.loss_streak = 0
                 self.day_halt = None
+
+    # -- the steps of section 4 -------------------------------------------
+    def apply_bar(self, bar: Bar, signals, out: PortfolioOutput) -> None:
+        """Apply one accepted bar with its (unfiltered-out) signals."""
+        self.apply(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, signals, out)
+
+    def apply(self, symbol: str, ts: int, open_: float, high: float, low: float, close: float,
+              signals, out: PortfolioOutput) -> None:
+        """The steps of section 4 for one bar (scalars: this is the hot path)."""
+        if ts != self.minute:
+            self.enter_minute(ts, out)
         rules = self.rules
         self.bars_applied += 1
         moved = False  # did equity change (a fill, or a held symbol's close)?
