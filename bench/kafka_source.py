@@ -2,6 +2,7 @@
 topic costs per message, without the rest of the flow.
 
     .venv/bin/python bench/kafka_source.py [--symbols 31] [--days 10] [--reps 9] [--polls 10000,1000]
+                                           [--records bar|bars]
 
 Publishes the market of bench/stream.py (seed 5) into a 3-partition topic on
 the embedded broker (or KAFKA_BOOTSTRAP), then, `--reps` times and
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--polls", default="10000,1000", help="poll sizes to compare")
+    ap.add_argument("--records", choices=("bars", "bar"), default="bar",
+                    help="how the market is published (`cuts publish --records`)")
     args = ap.parse_args()
     polls = [int(x) for x in args.polls.split(",")]
     from connectors.config import kafka_bootstrap
@@ -86,7 +89,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, kafka_bootstrap_or_embedded(kafka_bootstrap(None)) as bootstrap:
         bars = os.path.join(tmp, "bars.parquet")
         cuts("generate", "--symbols", str(args.symbols), "--days", str(args.days), "--seed", "5", "--out", bars)
-        cuts("publish", "--bars", bars, "--kafka", bootstrap, "--topic", TOPIC, "--partitions", "3")
+        cuts("publish", "--bars", bars, "--kafka", bootstrap, "--topic", TOPIC, "--partitions", "3",
+             "--records", args.records)
         partitions = topic_partitions(bootstrap, TOPIC)
         times: dict = {(p, raw): [] for p in polls for raw in (False, True)}
         messages = 0

@@ -1,8 +1,9 @@
 """Streaming benchmarks on the embedded broker (or KAFKA_BOOTSTRAP):
 
-1. replay throughput: a generated market published into a 3-partition topic,
-   then `cuts backtest --kafka` (Kafka -> flow -> ClickHouse), bars/s, beside
-   the file backtest of the same bars;
+1. replay throughput: a generated market published into two 3-partition
+   topics (bars records, `cuts publish`'s default, and one bar per record, as
+   `cuts stream` writes), then `cuts backtest --kafka` on each (Kafka -> flow
+   -> ClickHouse), bars/s, beside the file backtest of the same bars;
 2. live latency: the flow tails a topic while a producer writes one minute
    at a time (31 bars, then the minute's marker to every partition). For each
    minute: from the moment its last bar and marker are acknowledged by the
@@ -13,7 +14,7 @@
 
 Single runs of either backtest vary by 10-20 % on this machine (other load,
 noisy neighbours): compare rates with `--rounds 9` or more, which alternates
-the two backtests and prints the medians.
+the three backtests and prints the medians.
 """
 from __future__ import annotations
 
@@ -108,25 +109,32 @@ def _rate(out: str) -> float:
 
 
 def replay(bootstrap: str, tmp: str, symbols: int, days: int, rounds: int = 1) -> None:
+    """The file backtest and replays of the same market published as bars
+    records (`cuts publish`'s default) and one bar per record (as `cuts
+    stream` writes), alternating `rounds` times."""
     bars = os.path.join(tmp, "bars.parquet")
     cuts("generate", "--symbols", str(symbols), "--days", str(days), "--seed", "5", "--out", bars)
-    started = time.perf_counter()
-    cuts("publish", "--bars", bars, "--kafka", bootstrap, "--topic", "bench", "--partitions", "3")
-    pub = time.perf_counter() - started
-    print(f"publish: {pub:.1f} s")
-    file_rates, kafka_rates = [], []
+    topics = {"bars": "bench", "bar": "bench-one"}
+    for records, topic in topics.items():
+        started = time.perf_counter()
+        out = cuts("publish", "--bars", bars, "--kafka", bootstrap, "--topic", topic, "--partitions", "3",
+                   "--records", records)
+        print(f"publish --records {records}: {time.perf_counter() - started:.1f} s ({out.strip()})")
+    rates: dict = {"file": [], **{r: [] for r in topics}}
     for r in range(rounds):  # alternating, each run into a fresh ClickHouse directory
-        out_file = cuts("backtest", "--bars", bars, "--clickhouse", f"chdb://{tmp}/ch1-{r}", "--quiet")
-        out_kafka = cuts("backtest", "--kafka", bootstrap, "--topic", "bench", "--clickhouse",
-                         f"chdb://{tmp}/ch2-{r}", "--quiet")
-        print("file backtest :", out_file.strip())
-        print("kafka replay  :", out_kafka.strip())
-        file_rates.append(_rate(out_file))
-        kafka_rates.append(_rate(out_kafka))
-    if rounds > 1:
-        f, k = statistics.median(file_rates), statistics.median(kafka_rates)
-        print(f"medians of {rounds} rounds: file {f:,.0f} bars/s, kafka replay {k:,.0f} bars/s "
-              f"({k / f:.0%} of the file rate)")
+        out = cuts("backtest", "--bars", bars, "--clickhouse", f"chdb://{tmp}/ch-file-{r}", "--quiet")
+        print("file backtest        :", out.strip())
+        rates["file"].append(_rate(out))
+        for records, topic in topics.items():
+            out = cuts("backtest", "--kafka", bootstrap, "--topic", topic, "--clickhouse",
+                       f"chdb://{tmp}/ch-{records}-{r}", "--quiet")
+            print(f"kafka replay ({records:4}) :", out.strip())
+            rates[records].append(_rate(out))
+    f = statistics.median(rates["file"])
+    print(f"medians of {rounds} round(s): file {f:,.0f} bars/s; " + "; ".join(
+        f"replay of {'bars records' if r == 'bars' else 'one bar per record'} "
+        f"{statistics.median(rates[r]):,.0f} bars/s ({statistics.median(rates[r]) / f:.0%} of the file rate)"
+        for r in topics))
 
 
 def main() -> int:

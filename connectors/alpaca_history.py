@@ -181,9 +181,10 @@ class FileSink:
 class KafkaSink:
     """Bars to the bars topic with the markers `cuts publish` writes."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
+    def __init__(self, bootstrap: str, topic: str, partitions: int, records: str = "bars"):
         from connectors.kafka import BarProducer, ensure_topic
 
+        self.records = records
         self.partitions = ensure_topic(bootstrap, topic, partitions)
         self.producer = BarProducer(bootstrap, topic)
         self.markers = 0
@@ -192,7 +193,8 @@ class KafkaSink:
         from connectors.barfile import frame_to_columns
         from connectors.kafka import publish_columns
 
-        _, markers = publish_columns(self.producer, frame_to_columns(bars_frame(bars), "backfill"))
+        _, markers = publish_columns(self.producer, frame_to_columns(bars_frame(bars), "backfill"),
+                                     records=self.records)
         self.markers += markers
 
     def close(self, ok: bool = True) -> None:

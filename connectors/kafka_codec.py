@@ -1,7 +1,9 @@
 """Kafka `bars` topic: the pure mapping (no I/O, tested without a broker).
 
-`encode_bar`, `encode_watermark`, `decode_record` (never raises: returns a
-`Bar`, a `WatermarkRecord` or a `DecodeError(reason)`; the definition the
+`encode_bar`, `encode_bars` (several minutes of one symbol as columns),
+`encode_watermark`, `decode_record` (never raises: returns a `Bar`, a
+`BarsRecord`, a `WatermarkRecord`, a `ControlRecord` or a
+`DecodeError(reason)`; the definition the
 source's fast path is tested against), `encode_dead_letter`, `iso_minute`,
 `iso_times`, and the msgspec structs of the source's fast decode path. The
 record format is described in `connectors.kafka`.
@@ -32,6 +34,14 @@ class WatermarkRecord:
     """A marker: every later bar of its partition has timestamp >= ts."""
 
     ts: int  # exclusive bound: start of the completed minute + 60
+
+
+@dataclass(slots=True, frozen=True)
+class BarsRecord:
+    """A bars record: one symbol's bars (in the record's order)."""
+
+    symbol: str
+    bars: list  # [Bar]
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,6 +105,23 @@ def encode_bar(bar: Bar) -> tuple[bytes, bytes]:
     return bar.symbol.encode(), value.encode()
 
 
+def encode_bars(symbol: str, times: list, o: list, h: list, lo: list, c: list, v: list,
+                n: list | None = None, vw: list | None = None) -> tuple[bytes, bytes]:
+    """(key, value) of a bars record: some of one symbol's bars as columns,
+    in that symbol's order (stored history: `cuts publish`, `cuts backfill`).
+    `times`: ISO texts; `n` / `vw`: None when all unknown, else lists with
+    None (or NaN) for unknown entries. Same field names and values as a bar:
+    {"T":"bars","S":"AAPL","t":[..],"o":[..],"h":[..],"l":[..],"c":[..],"v":[..],"n":[..],"vw":[..]}"""
+    obj = {"T": "bars", "S": symbol, "t": times, "o": o, "h": h, "l": lo, "c": c, "v": v}
+    for name, col in (("n", n), ("vw", vw)):
+        if col is not None:
+            col = [None if x is None or x != x else x for x in col]
+            if any(x is not None for x in col):
+                obj[name] = col
+    # json writes floats as repr (exact) and non-finite ones as NaN / Infinity, as encode_bar
+    return symbol.encode(), json.dumps(obj, separators=(",", ":")).encode()
+
+
 def encode_watermark(ts: int) -> bytes:
     """Value of the marker for watermark `ts` (a minute start): "minute ts - 60
     is complete". Its key is None."""
@@ -106,18 +133,23 @@ def encode_watermark(ts: int) -> bytes:
 
 def _number(obj: dict, name: str, optional: bool = False):
     x = obj.get(name)
+    if x is None and name not in obj:
+        return (None, None) if optional else (None, f"missing field {name}")
+    return _number_value(x, name, optional)
+
+
+def _number_value(x, label: str, optional: bool = False):
+    """(float, None) or (None, error) for a JSON value (None: null)."""
     if x is None:
-        if optional:
-            return None, None
-        return None, f"missing field {name}" if name not in obj else f"field {name} is null"
+        return None, None if optional else f"field {label} is null"
     if type(x) is float:
         return x, None
     if type(x) is int:  # not bool: type() is exact
         try:
             return float(x), None
         except OverflowError:
-            return None, f"field {name}: number out of range"
-    return None, f"field {name}: expected a number, got {type(x).__name__}"
+            return None, f"field {label}: number out of range"
+    return None, f"field {label}: expected a number, got {type(x).__name__}"
 
 
 def decode_record(key: bytes | None, value: bytes | None):
@@ -177,6 +209,8 @@ def _decode(key, value):
         if err:
             return DecodeError(err)
         return Bar(symbol, ts, o, h, lo, c, v, n, vw)
+    if kind == "bars":
+        return _decode_bars(key, obj)
     if kind == "w":
         t = obj.get("t")
         if t is None:
@@ -192,6 +226,46 @@ def _decode(key, value):
     if kind is None:
         return DecodeError("missing field T")
     return DecodeError(f"unknown record type T={str(kind)[:20]!r}")
+
+
+def _decode_bars(key, obj: dict):
+    symbol = obj.get("S")
+    if not isinstance(symbol, str):
+        return DecodeError("bars: missing field S" if symbol is None else "bars: field S: expected a string")
+    if key is None:
+        return DecodeError("bars without key (the key must be the symbol)")
+    if key != symbol.encode("utf-8", "surrogatepass"):
+        return DecodeError(f"bars: key {key[:40]!r} is not the symbol {symbol[:40]!r}")
+    unknown = set(obj) - {"T", "S", "t", "o", "h", "l", "c", "v", "n", "vw"}
+    if unknown:
+        return DecodeError(f"bars: unknown field {sorted(unknown)[0][:20]!r}")
+    times = obj.get("t")
+    if not isinstance(times, list) or not times:
+        return DecodeError("bars: field t: expected a non-empty list of times")
+    ts = []
+    for i, text in enumerate(times):
+        t = _parse_time(text)
+        if t is None:
+            return DecodeError(f"bars: field t[{i}]: not a time: {str(text)[:40]!r}")
+        ts.append(t)
+    cols = {}
+    for name in ("o", "h", "l", "c", "v", "n", "vw"):
+        optional = name in ("n", "vw")
+        col = obj.get(name)
+        if col is None and optional:
+            cols[name] = [None] * len(ts)
+            continue
+        if not isinstance(col, list) or len(col) != len(ts):
+            return DecodeError(f"bars: field {name}: expected a list of {len(ts)} numbers")
+        values = []
+        for i, x in enumerate(col):
+            x, err = _number_value(x, f"{name}[{i}]", optional)
+            if err:
+                return DecodeError(f"bars: {err}")
+            values.append(x)
+        cols[name] = values
+    return BarsRecord(symbol, [Bar(symbol, *row) for row in zip(
+        ts, cols["o"], cols["h"], cols["l"], cols["c"], cols["v"], cols["n"], cols["vw"])])
 
 
 @dataclass(frozen=True)
@@ -282,4 +356,17 @@ class _WireMarker(msgspec.Struct, tag_field="T", tag="w", forbid_unknown_fields=
     t: str
 
 
-_WIRE = msgspec.json.Decoder(_WireBar | _WireMarker)
+class _WireBars(msgspec.Struct, tag_field="T", tag="bars", forbid_unknown_fields=True, gc=False):
+    # column lengths, empty blocks and time texts are checked in Python
+    S: str
+    t: list[str]
+    o: list[float]
+    h: list[float]
+    l: list[float]  # noqa: E741 - the wire name
+    c: list[float]
+    v: list[float]
+    n: list[float | None] | None = None
+    vw: list[float | None] | None = None
+
+
+_WIRE = msgspec.json.Decoder(_WireBar | _WireMarker | _WireBars)

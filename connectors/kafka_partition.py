@@ -7,13 +7,15 @@ from __future__ import annotations
 import gc
 import json
 from array import array
+from bisect import bisect_right
 from typing import Callable
 
 import numpy as np
 from bytewax.inputs import StatefulSourcePartition
 
 from connectors.kafka_codec import (
-    _ISO_CACHE, _WIRE, MINUTE, ControlRecord, WatermarkRecord, _parse_time, _WireBar, _WireMarker, decode_record,
+    _ISO_CACHE, _WIRE, MINUTE, BarsRecord, ControlRecord, WatermarkRecord, _parse_time, _WireBar, _WireBars,
+    _WireMarker, decode_record,
 )
 from operators.columnar import BarBlock
 from operators.ordering import END_OF_TIME, Chunk, Control, Watermark
@@ -25,11 +27,41 @@ def _text(data: bytes | None, limit: int = 2000) -> str | None:
     return None if data is None else data[:limit].decode("utf-8", "backslashreplace")
 
 
+class MessageOrigins:
+    """Where each bar of a chunk came from, when some came from bars records
+    (several bars per message): bar i is `offsets[i]` when it was a message
+    of its own, else `"{offset}#{k}"`, the k-th bar of the record at that
+    offset (distinct per bar: dead letters are keyed by their origin)."""
+
+    __slots__ = ("offsets", "starts", "spans")
+
+    def __init__(self, offsets: list, starts: list, spans: list):
+        self.offsets = offsets  # per bar: the message offset
+        self.starts = starts  # sorted: first bar index of each run of a record's bars
+        self.spans = spans  # per run: (bars in the run, k of its first bar)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int):
+        offset = self.offsets[i]  # IndexError past the end ends iteration
+        i %= len(self.offsets)
+        j = bisect_right(self.starts, i) - 1
+        if j >= 0:
+            count, first = self.spans[j]
+            if i < self.starts[j] + count:
+                return f"{offset}#{first + i - self.starts[j]}"
+        return offset
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 class _Group:
     """One symbol's part of a batch, as columns (symbol "" gathers the
     undecodable records, and has no bars)."""
 
-    __slots__ = ("symbol", "o", "h", "l", "c", "v", "n", "vw", "ts", "offsets", "dead")
+    __slots__ = ("symbol", "o", "h", "l", "c", "v", "n", "vw", "ts", "offsets", "dead", "starts", "spans")
 
     def __init__(self, symbol: str):
         self.symbol = symbol
@@ -41,6 +73,26 @@ class _Group:
         self.ts: list = []
         self.offsets: list = []
         self.dead: list = []
+        self.starts: list = []  # runs of bars from bars records (see MessageOrigins)
+        self.spans: list = []
+
+    def origins(self):
+        return MessageOrigins(self.offsets, self.starts, self.spans) if self.starts else self.offsets
+
+    def add_run(self, offset: int, first: int, ts: list, o, h, lo, c, v, n, vw) -> None:
+        """Bars first.. of the bars record at `offset` (lists of equal length)."""
+        count = len(ts)
+        self.starts.append(len(self.offsets))
+        self.spans.append((count, first))
+        self.o.fromlist(o)  # twice as fast as extend for a list
+        self.h.fromlist(h)
+        self.l.fromlist(lo)
+        self.c.fromlist(c)
+        self.v.fromlist(v)
+        self.n.extend(n if n is not None else [None] * count)
+        self.vw.extend(vw if vw is not None else [None] * count)
+        self.ts.extend(ts)
+        self.offsets.extend([offset] * count)
 
     def add(self, ts: int, offset: int, o, h, lo, c, v, n, vw) -> None:
         self.o.append(o)
@@ -80,11 +132,17 @@ class _BarPartition(StatefulSourcePartition):
     """
 
     def __init__(self, inner, topic: str, partition: int, tail: bool, seq: int, watermark: int,
-                 identity: str | None, dead_letter: Callable | None, max_batch: int = 0):
+                 identity: str | None, dead_letter: Callable | None, max_batch: int = 0,
+                 max_bars: int = 16_384):
         self.inner = inner
-        # Up to this many messages per batch, taken in several polls of the
-        # inner partition while its polls come back full (0: one poll).
+        # Up to this many messages (and about max_bars bars) per batch, taken
+        # in several polls of the inner partition while its polls come back
+        # full (0: one poll).
         self.max_batch = max_batch
+        self.max_bars = max_bars
+        self.poll_size = getattr(inner, "_batch_size", 0)  # messages per poll, at most
+        self._poll = self.poll_size
+        self._bars_per_msg: float | None = None
         self.topic = topic
         self.partition = partition
         self.prefix = f"{topic}/{partition}@"
@@ -132,6 +190,7 @@ class _BarPartition(StatefulSourcePartition):
 
     def _next_batch(self) -> list:
         inner = self.inner
+        self._set_poll(0)
         msgs = inner.next_batch()  # raises StopIteration after the end in replay mode
         groups: dict = {}  # key bytes -> _Group (None -> the undecodable records)
         copies: list = []
@@ -141,21 +200,44 @@ class _BarPartition(StatefulSourcePartition):
         # A full poll means more is waiting: take it into the same batch (one
         # poll's messages at a time: they are freed before the next poll).
         # Never poll again after the end of the partition (replay).
-        poll = getattr(inner, "_batch_size", 0)  # the inner partition's poll size
-        taken = len(msgs)
-        while poll and len(msgs) >= poll and taken < self.max_batch and not getattr(inner, "_eof", False):
+        taken, bars = len(msgs), self._learn(len(msgs), groups, 0)
+        while (self._poll and len(msgs) >= self._poll and taken < self.max_batch and bars < self.max_bars
+               and not getattr(inner, "_eof", False)):
+            self._set_poll(bars)
             msgs = inner.next_batch()
             taken += len(msgs)
             watermark = self._take(msgs, groups, watermark, copies)
+            bars = self._learn(len(msgs), groups, bars)
         del msgs
         if copies and self.dead_letter is not None:
             self.dead_letter(self.topic, self.partition, copies)  # before the offsets can reach a snapshot
         return self._items(groups, start_watermark, watermark)
 
+    def _set_poll(self, bars: int) -> None:
+        """The next poll's size: the inner partition's, or fewer messages
+        when bars records (many bars each) would overrun `max_bars`; the
+        first poll ever is small, until the bars per message are known."""
+        size = self.poll_size
+        if not size:
+            return
+        per_msg = self._bars_per_msg
+        if per_msg is None:
+            size = min(size, 16)
+        elif per_msg > 1:
+            size = max(1, min(size, int((self.max_bars - bars) / per_msg)))
+        self._poll = self.inner._batch_size = size
+
+    def _learn(self, msgs: int, groups: dict, before: int) -> int:
+        """Bars in the batch so far; remembers the last poll's bars per message."""
+        bars = sum(len(g.ts) + len(g.dead) for g in groups.values())
+        if msgs:
+            self._bars_per_msg = (bars - before) / msgs
+        return bars
+
     def _take(self, msgs: list, groups: dict, watermark: int, copies: list) -> int:
         """One poll's messages into `groups`; returns the watermark after them."""
         prefix = self.prefix
-        decode, iso, wire_bar, wire_marker = _WIRE.decode, _ISO_CACHE, _WireBar, _WireMarker
+        decode, iso, wire_bar, wire_marker, wire_bars = _WIRE.decode, _ISO_CACHE, _WireBar, _WireMarker, _WireBars
         for m in msgs:
             try:
                 r = decode(m.value())
@@ -197,9 +279,56 @@ class _BarPartition(StatefulSourcePartition):
                     watermark = self._decode_slow(m, groups, watermark, copies)
                 elif ts + MINUTE > watermark:  # an older or repeated marker promises nothing new
                     watermark = ts + MINUTE
+            elif kind is wire_bars:
+                watermark = self._take_bars(m, r, groups, watermark, copies)
             else:
                 watermark = self._decode_slow(m, groups, watermark, copies)
         return watermark
+
+    def _take_bars(self, m, r: _WireBars, groups: dict, watermark: int, copies: list) -> int:
+        """A bars record msgspec took: the rest of `_decode_bars`'s checks,
+        then its bars into the symbol's group as a run (C-level list
+        extends: the reason bars records replay fast)."""
+        count = len(r.t)
+        if (not count or len(r.o) != count or len(r.h) != count or len(r.l) != count or len(r.c) != count
+                or len(r.v) != count or (r.n is not None and len(r.n) != count)
+                or (r.vw is not None and len(r.vw) != count)):
+            return self._decode_slow(m, groups, watermark, copies)
+        key = m.key()
+        g = groups.get(key)
+        if (g is None or g.symbol != r.S) and (key is None or key != r.S.encode("utf-8", "surrogatepass")):
+            return self._decode_slow(m, groups, watermark, copies)
+        try:
+            ts = list(map(_ISO_CACHE.__getitem__, r.t))
+        except KeyError:
+            ts = list(map(_parse_time, r.t))
+            if None in ts:
+                return self._decode_slow(m, groups, watermark, copies)
+        if g is None:
+            g = groups[key] = _Group(r.S)
+        if min(ts) >= watermark:
+            g.add_run(m.offset(), 0, ts, r.o, r.h, r.l, r.c, r.v, r.n, r.vw)
+        else:
+            n, vw = r.n or [None] * count, r.vw or [None] * count
+            self._add_record_bars(g, m.offset(), [Bar(r.S, *row) for row in zip(
+                ts, r.o, r.h, r.l, r.c, r.v, n, vw)], watermark)
+        return watermark
+
+    def _add_record_bars(self, g: _Group, offset: int, bars: list, watermark: int) -> None:
+        """A bars record's bars into `g`: late ones (below the watermark at
+        the record's position) to its dead letters, the rest as runs."""
+        run: list = []
+        for k, b in enumerate(bars + [None]):
+            if b is not None and b.ts >= watermark:
+                run.append(b)
+                continue
+            if run:
+                g.add_run(offset, k - len(run), [x.ts for x in run], *(
+                    [getattr(x, f) for x in run] for f in
+                    ("open", "high", "low", "close", "volume", "trade_count", "vwap")))
+                run = []
+            if b is not None:
+                g.dead.append(DeadLetter(b.symbol, b.ts, "late", f"{self.prefix}{offset}#{k}", bar_payload(b)))
 
     def _decode_slow(self, m, groups: dict, watermark: int, copies: list) -> int:
         """One record the fast path did not take, by `decode_record`; returns
@@ -217,6 +346,11 @@ class _BarPartition(StatefulSourcePartition):
             else:
                 g.add(rec.ts, offset, rec.open, rec.high, rec.low, rec.close, rec.volume,
                       rec.trade_count, rec.vwap)
+        elif kind is BarsRecord:
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _Group(rec.symbol)
+            self._add_record_bars(g, offset, rec.bars, watermark)
         elif kind is WatermarkRecord:
             if rec.ts > watermark:
                 watermark = rec.ts
@@ -240,7 +374,7 @@ class _BarPartition(StatefulSourcePartition):
         items: list = []
         seq = self.seq
         for g in groups.values():
-            items.append(Chunk(p, seq, g.symbol, g.block(), g.offsets, prefix, g.dead))
+            items.append(Chunk(p, seq, g.symbol, g.block(), g.origins(), prefix, g.dead))
             seq += 1
         for rec, at in self._controls:
             items.append(Control(p, seq, rec.control_id, rec.action, rec.flatten, at, rec.who, rec.why))

@@ -105,12 +105,13 @@ def cmd_publish(args) -> int:
         raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
     if args.speed is not None and args.speed <= 0:
         raise UsageError(f"--speed must be above 0: {args.speed}")
-    publish_file(bootstrap, args.bars, args.topic, args.partitions, args.speed)
+    records = args.records or ("bar" if args.speed is not None else "bars")
+    publish_file(bootstrap, args.bars, args.topic, args.partitions, args.speed, records)
     return 0
 
 
 def publish_file(bootstrap: str, bars_path: str, topic: str, partitions: int,
-                 speed: float | None = None) -> None:
+                 speed: float | None = None, records: str = "bars") -> None:
     """A bar file into `topic` (created with `partitions` when missing) with
     event-time markers, as fast as possible or at `speed` times real time."""
     from connectors.kafka import BarProducer, ensure_topic, publish_columns
@@ -123,8 +124,10 @@ def publish_file(bootstrap: str, bars_path: str, topic: str, partitions: int,
     started = time.monotonic()
     pace = _pacer(started, speed) if speed is not None else None
     with BarProducer(bootstrap, topic) as producer:
-        bars, markers = publish_columns(producer, cols, progress=_publish_progress(started), pace=pace)
-    print(f"published {bars:,} bars and {markers:,} event-time markers to {topic} "
+        bars, markers = publish_columns(producer, cols, progress=_publish_progress(started), pace=pace,
+                                        records=records)
+    shape = "one bar per record" if records == "bar" else f"{producer.records_sent:,} bars records"
+    print(f"published {bars:,} bars ({shape}) and {markers:,} event-time markers to {topic} "
           f"({existing} partitions) in {time.monotonic() - started:.1f} s")
 
 

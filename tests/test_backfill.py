@@ -20,7 +20,7 @@ from connectors.alpaca_bars import (BackfillArgumentError, Backoff, RequestWindo
 from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable  # noqa: E402
 from connectors.barfile import read_bar_file  # noqa: E402
 from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
-from connectors.kafka import WatermarkRecord, decode_record, topic_partitions  # noqa: E402
+from connectors.kafka import BarsRecord, WatermarkRecord, decode_record, topic_partitions  # noqa: E402
 from dataflows import cli  # noqa: E402
 from operators.types import Bar  # noqa: E402
 
@@ -152,32 +152,42 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> dict:
         consumer.close()
 
 
-def test_backfill_to_kafka_writes_event_time_markers_and_no_bar_behind_one(server, env, capsys, kafka):
+@pytest.mark.parametrize("records", ["bars", "bar"])
+def test_backfill_to_kafka_writes_event_time_markers_and_no_bar_behind_one(server, env, capsys, kafka, records):
     loaded = history(days=7, per_day=30)
     server.load_history(loaded)
     topic = f"backfill-{uuid.uuid4().hex[:6]}"
     code, out, err = run_cuts(capsys, "--symbols", ",".join(SYMBOLS), "--start", "2024-01-02",
                               "--end", "2024-01-08", "--kafka", kafka.bootstrap, "--topic", topic,
-                              "--partitions", "2", "--quiet")
+                              "--partitions", "2", "--quiet", "--records", records)
     assert code == 0, err
     assert err == ""  # --quiet
     parts = read_topic(kafka.bootstrap, topic)
     assert len(parts) == 2
-    bars = []
+    bars, markers = [], []
     for recs in parts.values():
-        watermark = -1
+        watermark, marks = -1, 0
         for r in recs:
             if isinstance(r, WatermarkRecord):
                 assert r.ts >= watermark  # markers never go back
                 watermark = r.ts
-            else:
-                assert isinstance(r, Bar) and r.ts >= watermark, "a bar behind a marker would be late"
-                bars.append((r.symbol, r.ts, r.open, r.high, r.low, r.close, r.volume, r.trade_count, r.vwap))
+                marks += 1
+                continue
+            # one bar per record, or several of one symbol's (bars records, the default)
+            assert isinstance(r, Bar if records == "bar" else BarsRecord), r
+            for b in ([r] if records == "bar" else r.bars):
+                assert b.ts >= watermark, "a bar behind a marker would be late"
+                bars.append((b.symbol, b.ts, b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap))
         # the last marker declares the last minute complete
         assert watermark == max(int(b["t"].timestamp()) for b in loaded) + 60
+        markers.append(marks)
     assert sorted(bars) == as_tuples(loaded)
     minutes = {int(b["t"].timestamp()) for b in loaded}
-    assert f"({len(minutes) * 2} markers)" in out  # one per minute, to each of 2 partitions
+    assert markers[0] == markers[1] and f"({sum(markers)} markers)" in out  # every marker to each partition
+    if records == "bar":
+        assert markers[0] == len(minutes)  # one per minute
+    else:
+        assert markers[0] == 2  # one per window (two time windows, each far below 8,192 bars)
 
 
 # ------------------------------------------------------------------ I/O: limits and errors

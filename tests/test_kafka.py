@@ -25,9 +25,9 @@ from kafka.partitioner.default import murmur2
 from connectors.barfile import BarFileSource, frame_to_columns
 from connectors.embedded_kafka import EmbeddedKafka, kafka_bootstrap_or_embedded
 from connectors.kafka import (
-    BarProducer, DecodeError, KafkaBarSource, KafkaUnavailable, TopicChanged, TopicMissing,
+    BarProducer, BarsRecord, DecodeError, KafkaBarSource, KafkaUnavailable, TopicChanged, TopicMissing,
     WatermarkRecord, decode_record, encode_bar, encode_watermark, ensure_topic, publish_columns,
-    topic_identity, topic_partitions,
+    publish_plan, topic_identity, topic_partitions,
 )
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.types import Bar
@@ -145,36 +145,46 @@ def test_topic_identity_changes_when_the_topic_is_recreated(kafka, topic):
     assert topic_identity(bs, topic) != first
 
 
-def test_published_file_lands_by_symbol_with_markers_in_every_partition(kafka, topic):
+@pytest.mark.parametrize("records,min_rows", [("bar", None), ("bars", None), ("bars", 1000)])
+def test_published_file_lands_by_symbol_with_markers_in_every_partition(kafka, topic, records, min_rows):
     from connectors.synthetic import generate_bars
 
     bs = kafka.bootstrap
     df = generate_bars(symbols=7, days=1, seed=3)
     df = df.sort_values("symbol", kind="stable")  # symbol-sorted, like alpaca-py BarSet.df
     cols = frame_to_columns(df)
+    steps = len(list(publish_plan(cols, 3, min_rows=min_rows or (1 if records == "bar" else 8192))))
+    assert steps == {"bar": 390, "bars": 1 if min_rows is None else 3}[records]
     assert ensure_topic(bs, topic, 3) == 3
     with BarProducer(bs, topic) as producer:
-        bars, markers = publish_columns(producer, cols)
-        assert (producer.bars_sent, producer.markers_sent) == (bars, markers) == (len(cols), 3 * 390)
-    records = read_all(bs, topic)
-    decoded = {p: [(off, decode_record(k, v)) for off, k, v in recs] for p, recs in records.items()}
+        bars, markers = publish_columns(producer, cols, min_rows=min_rows, records=records)
+        assert (producer.bars_sent, producer.markers_sent) == (bars, markers) == (len(cols), 3 * steps)
+        assert producer.records_sent == (0 if records == "bar" else 7 * steps)  # a record per symbol and step
+    records_read = read_all(bs, topic)
+    decoded = {p: [(off, decode_record(k, v)) for off, k, v in recs] for p, recs in records_read.items()}
     got = []
     for p, recs in decoded.items():
         marks = [r.ts for _, r in recs if isinstance(r, WatermarkRecord)]
-        assert len(marks) == 390 and marks == sorted(marks)
+        assert len(marks) == steps and marks == sorted(marks)
         assert isinstance(recs[-1][1], WatermarkRecord)  # the last marker follows the bars
         wm = -1
         for _, r in recs:
             assert not isinstance(r, DecodeError)
             if isinstance(r, WatermarkRecord):
                 wm = r.ts
-            else:
-                assert r.ts >= wm  # no bar behind a marker: publishing makes no late bars
-                assert (murmur2(r.symbol.encode()) & 0x7FFFFFFF) % 3 == p  # murmur2 partitioner
-                got.append(r)
+                continue
+            assert isinstance(r, BarsRecord if records == "bars" else Bar)
+            for b in (r.bars if records == "bars" else [r]):
+                assert b.ts >= wm  # no bar behind a marker: publishing makes no late bars
+                assert (murmur2(b.symbol.encode()) & 0x7FFFFFFF) % 3 == p  # murmur2 partitioner
+                got.append(b)
     assert len({(b.symbol) for b in got}) == 7
     want = sorted(zip(cols.symbol.tolist(), cols.ts.tolist(), cols.close.tolist(), cols.vwap.tolist()))
     assert sorted((b.symbol, b.ts, b.close, b.vwap) for b in got) == want  # exact floats
+    # each symbol's bars in its file order (the file is symbol-sorted, each symbol by time)
+    for sym in set(cols.symbol.tolist()):
+        times = [b.ts for b in got if b.symbol == sym]
+        assert times == sorted(times)
 
 
 # ------------------------------------------------------------------ KafkaBarSource

@@ -14,7 +14,7 @@ import pytest
 
 from connectors.barfile import frame_to_columns
 from connectors.kafka import (
-    DecodeError, WatermarkRecord, decode_record, encode_bar, encode_dead_letter, encode_watermark,
+    BarsRecord, DecodeError, encode_bars, WatermarkRecord, decode_record, encode_bar, encode_dead_letter, encode_watermark,
     publish_plan,
 )
 from operators.types import Bar
@@ -58,6 +58,37 @@ def test_bar_round_trips_exactly_with_and_without_optional_fields():
         for f in ("open", "high", "low", "close", "volume", "trade_count", "vwap"):
             x, y = getattr(b, f), getattr(back, f)
             assert x == y or (x != x and y != y), f  # exact floats (NaN stays NaN)
+
+
+def test_bars_record_round_trips_exactly_with_unknown_trade_counts_and_vwaps():
+    times = ["2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z", "2024-01-02T14:30:00Z"]
+    key, value = encode_bars("BRK.B", times, [0.1 + 0.2, 2.0, float("nan")], [3.0, 3.0, 3.0],
+                             [1e-7, 1.0, 1.0], [2.0, 2.0, 2.0], [10.0, 0.0, -1.0],
+                             [5.0, float("nan"), None], [float("nan")] * 3)
+    obj = json.loads(value)
+    assert key == b"BRK.B" and obj["T"] == "bars" and obj["t"] == times
+    assert obj["n"] == [5.0, None, None] and "vw" not in obj  # all unknown: omitted
+    rec = decode_record(key, value)
+    assert isinstance(rec, BarsRecord) and rec.symbol == "BRK.B"
+    assert [(b.ts, b.trade_count, b.vwap) for b in rec.bars] == [(T0, 5.0, None), (T0 + 60, None, None),
+                                                                 (T0, None, None)]
+    assert rec.bars[0].open == 0.1 + 0.2 and rec.bars[2].open != rec.bars[2].open  # exact; NaN stays NaN
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"t": []}, "bars: field t: expected a non-empty list of times"),
+    ({"t": ["2024-01-02T14:30:00Z", "x"]}, "bars: field t[1]: not a time: 'x'"),
+    ({"l": [1.0]}, "bars: field l: expected a list of 2 numbers"),
+    ({"c": [1.0, None]}, "bars: field c[1] is null"),
+    ({"v": [1.0, True]}, "bars: field v[1]: expected a number, got bool"),
+    ({"n": [1, "2"]}, "bars: field n[1]: expected a number, got str"),
+    ({"x": 1}, "bars: unknown field 'x'"),
+])
+def test_a_malformed_bars_record_is_one_decode_error_naming_the_entry(change, reason):
+    obj = {"T": "bars", "S": "AAPL", "t": ["2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"],
+           "o": [1, 1], "h": [1, 1], "l": [1, 1], "c": [1, 1], "v": [1, 1], **change}
+    assert decode_record(b"AAPL", json.dumps(obj).encode()) == DecodeError(reason)
+    assert decode_record(b"MSFT", json.dumps({**obj, **change}).encode()).reason.startswith("bars: key")
 
 
 def test_marker_encoding():

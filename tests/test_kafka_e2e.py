@@ -54,12 +54,15 @@ def same_exports(a, b):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("partitions,workers", [(1, 1), (3, 1), (3, 2), (1, 2)])
+@pytest.mark.parametrize("partitions,workers,records", [
+    (1, 1, "bars"), (3, 1, "bars"), (3, 2, "bars"), (1, 2, "bars"), (1, 1, "bar"), (3, 2, "bar")])
 def test_replayed_topic_gives_the_same_results_as_the_file(broker, small_market, file_results,
-                                                           tmp_path, partitions, workers):
-    topic = f"bars-p{partitions}-w{workers}"
+                                                           tmp_path, partitions, workers, records):
+    """Bars records (several minutes per record, sparse markers) and one bar
+    per record (a marker per minute, as live) replay alike."""
+    topic = f"bars-p{partitions}-w{workers}-{records}"
     cuts("publish", "--bars", str(small_market), "--kafka", broker, "--topic", topic,
-         "--partitions", str(partitions))
+         "--partitions", str(partitions), "--records", records)
     cuts("backtest", "--kafka", broker, "--topic", topic, "--from-beginning",
          "--clickhouse", f"chdb://{tmp_path / 'ch'}", "--out", str(tmp_path / "out"),
          "--run-id", "same", "--workers", str(workers), "--quiet")
@@ -78,7 +81,9 @@ def test_replay_of_a_missing_topic_exits_2_with_one_line(broker, tmp_path):
 def recovery_topic(broker, tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "bars.parquet"
     cuts("generate", "--symbols", "31", "--days", "15", "--seed", "8", "--out", str(path))
-    cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover", "--partitions", "3")
+    # one bar per record, as a live topic: the slower replay leaves time for two kill points
+    cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover", "--partitions", "3",
+         "--records", "bar")
     return "recover"
 
 
@@ -125,6 +130,26 @@ def test_sigkill_twice_then_resume_gives_every_table_of_an_uninterrupted_run(bro
     report = cuts("report", "--run-id", "rec", "--clickhouse", f"chdb://{crashed / 'ch'}").stdout
     clean_report = cuts("report", "--run-id", "rec", "--clickhouse", f"chdb://{clean / 'ch'}").stdout
     assert report == clean_report  # every count (bars, signals, dead letters...) equal: no duplicates
+
+
+def test_sigkill_mid_replay_of_bars_records_then_resume_gives_every_table_of_an_uninterrupted_run(
+        broker, tmp_path):
+    """A snapshot lands between two records, never inside one: a bars record
+    (many bars at one offset) is taken whole into one batch."""
+    path = tmp_path / "bars.parquet"
+    cuts("generate", "--symbols", "31", "--days", "30", "--seed", "9", "--out", str(path))
+    cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover-bars", "--partitions", "3")
+    clean = tmp_path / "clean"
+    cuts(*replay_args(broker, "recover-bars", clean / "ch", "--out", str(clean / "out"), "--quiet"))
+    crashed = tmp_path / "crashed"
+    rec_args = replay_args(broker, "recover-bars", crashed / "ch", "--recovery-dir", str(crashed / "rec"),
+                           "--snapshot-s", "1")
+    assert run_and_kill(rec_args, at_bars=1), "the run ended before its first progress line"
+    done = cuts(*rec_args, "--out", str(crashed / "out"), "--quiet")
+    assert "resumed" in done.stdout
+    same_exports(clean / "out", crashed / "out")
+    report = cuts("report", "--run-id", "rec", "--clickhouse", f"chdb://{crashed / 'ch'}").stdout
+    assert report == cuts("report", "--run-id", "rec", "--clickhouse", f"chdb://{clean / 'ch'}").stdout
 
 
 def test_recovery_dir_refuses_a_recreated_topic(broker, small_market, tmp_path):

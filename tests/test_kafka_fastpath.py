@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import connectors.kafka as kafka_mod
-from connectors.kafka import KafkaBarSource, WatermarkRecord, decode_record, encode_bar, encode_watermark
+from connectors.kafka import (
+    BarsRecord, KafkaBarSource, WatermarkRecord, decode_record, encode_bar, encode_bars, encode_watermark,
+)
 from operators.columnar import BarBlock
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.symbol_stage import bar_payload
@@ -106,6 +108,15 @@ class ReferencePartition:
                 else:
                     g[0].append(rec)
                     g[1].append(m.offset())
+            elif isinstance(rec, BarsRecord):  # each bar at the record's position, origin offset#k
+                g = groups.setdefault(rec.symbol, ([], [], []))
+                for k, b in enumerate(rec.bars):
+                    if b.ts < watermark:
+                        g[2].append(DeadLetter(b.symbol, b.ts, "late", f"{prefix}{m.offset()}#{k}",
+                                               bar_payload(b)))
+                    else:
+                        g[0].append(b)
+                        g[1].append(f"{m.offset()}#{k}")
             elif isinstance(rec, WatermarkRecord):
                 watermark = max(watermark, rec.ts)
             else:
@@ -149,7 +160,8 @@ def assert_same_items(got, want):
             continue
         assert (g.partition, g.seq, g.symbol) == (w.partition, w.seq, w.symbol)
         assert g.origin_prefix == w.origin_prefix
-        assert g.origins == w.origins and all(type(o) is int for o in g.origins)
+        assert len(g.origins) == len(w.origins) and list(g.origins) == w.origins
+        assert all(type(o) in (int, str) for o in g.origins)
         assert g.dead_letters == w.dead_letters
         assert g.bars.symbol == w.bars.symbol
         for f in ("ts", "open", "high", "low", "close", "volume", "trade_count", "vwap"):
@@ -204,6 +216,41 @@ RAW_BARS = [
     (b"AAPL", _bar_json(t="")),
     (b"AAPL", _bar_json(t="x" * 100)),
 ]
+def _bars_json(count=2, **change):
+    obj = {"T": "bars", "S": "AAPL", "t": [f"2024-01-02T14:{30 + i}:00Z" for i in range(count)],
+           "o": [1.0] * count, "h": [2.0] * count, "l": [0.5] * count, "c": [1.5] * count,
+           "v": [10] * count}
+    obj.update(change)
+    return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+
+RAW_BARS_RECORDS = [
+    encode_bars("AAPL", ["2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"], [1.5, 2.5], [3.0, 3.0],
+                [1.0, 1.0], [2.0, 2.0], [10.0, 20.0], [5.0, None], [float("nan"), 1.25]),
+    encode_bars("BRK.B", ["2024-01-02T14:30:00Z"], [0.1 + 0.2], [1.0], [0.0], [0.5], [1.0]),
+    (b"AAPL", _bars_json(count=3, v=[1, 2, 3])),
+    (b"AAPL", _bars_json(count=2, n=[1, None], vw=None)),
+    (b"AAPL", _bars_json(count=2, n=None, vw=[None, None])),
+    (b"AAPL", _bars_json(count=2, t=["2024-01-02T14:30:00Z", "2024-01-02T14:29:00+00:00"])),  # out of order
+    (b"AAPL", _bars_json(count=2, t=["2024-01-02T14:30:00Z", "2024-01-02T14:30:00Z"])),  # a duplicate
+    (b"AAPL", _bars_json(count=2, t=["2024-01-02T14:30:00Z", "nope"])),
+    (b"AAPL", _bars_json(count=2, t=["2024-01-02T14:30:00Z", 5])),
+    (b"AAPL", _bars_json(count=2, t="2024-01-02T14:30:00Z")),
+    (b"AAPL", _bars_json(count=0)),
+    (b"AAPL", _bars_json(count=2, o=[1.0])),  # a short column
+    (b"AAPL", _bars_json(count=2, n=[1.0])),
+    (b"AAPL", _bars_json(count=2, c=[1.0, None])),
+    (b"AAPL", _bars_json(count=2, c=[1.0, True])),
+    (b"AAPL", _bars_json(count=2, c=[1.0, "2"])),
+    (b"AAPL", _bars_json(count=2, c=[1.0, 10**400])),
+    (b"AAPL", _bars_json(count=2, c=[1.0, float("inf")])),
+    (b"AAPL", _bars_json(count=2, c=1.0)),
+    (b"AAPL", _bars_json(count=2, v=...)),
+    (b"AAPL", _bars_json(count=2, x=[1])),
+    (b"MSFT", _bars_json(count=2)),
+    (None, _bars_json(count=2)),
+    (b"AAPL", _bars_json(count=2, S=5)),
+]
 RAW_MARKERS = [
     (None, encode_watermark(T0 + 120)),
     (b"AAPL", encode_watermark(T0 + 60)),
@@ -216,7 +263,8 @@ RAW_MARKERS = [
 ]
 
 
-@pytest.mark.parametrize("key,value", RAW_BARS + RAW_MARKERS, ids=range(len(RAW_BARS + RAW_MARKERS)))
+@pytest.mark.parametrize("key,value", RAW_BARS + RAW_BARS_RECORDS + RAW_MARKERS,
+                         ids=range(len(RAW_BARS + RAW_BARS_RECORDS + RAW_MARKERS)))
 def test_fast_path_decides_like_decode_record_on_recorded_and_odd_records(key, value):
     _decision(key, value)
 
@@ -298,6 +346,38 @@ def test_a_batch_stops_at_max_batch_and_at_the_end_of_the_partition():
         part.next_batch()
 
 
+class SlicingInner(FakeInner):
+    """A partition holding `msgs`: each poll takes up to `_batch_size` of them."""
+
+    def __init__(self, msgs, poll_size):
+        super().__init__([])
+        self.msgs, self._batch_size, self.polls = list(msgs), poll_size, []
+
+    def next_batch(self):
+        batch, self.msgs = self.msgs[:self._batch_size], self.msgs[self._batch_size:]
+        self.polls.append(len(batch))
+        return batch
+
+
+def test_bars_records_shrink_the_polls_so_a_batch_holds_about_max_bars():
+    """A poll of 1,000 bars records would be a batch of up to a million bars:
+    after the first (small) poll the partition asks for as many records as
+    fit the bar budget."""
+    times = [f"2024-01-02T{14 + i // 60:02d}:{i % 60:02d}:00Z" for i in range(100)]
+    msgs = [FakeMessage(*encode_bars(sym, times, *[[1.0] * 100] * 5), i)
+            for i, sym in enumerate(["AAA", "BBB", "CCC"] * 10)]
+    inner = SlicingInner(msgs, poll_size=10)
+    part = kafka_mod._BarPartition(inner, "bars", 0, True, 0, -1, None, None, max_batch=1000, max_bars=250)
+    ref = ReferencePartition("bars", 0, True, 0, -1)
+    assert_same_items(part.next_batch(), ref.items(msgs[0:10], False))  # the first poll: 10 records
+    assert_same_items(part.next_batch(), ref.items(msgs[10:13], False))  # 2 fit, 1 more to reach 250
+    assert inner.polls == [10, 2, 1]
+    one_bar = [FakeMessage(*encode_bar(bar("AAA", i)), 100 + i) for i in range(30)]
+    inner.msgs = one_bar
+    part.next_batch()
+    assert inner.polls[3:] == [2, 10, 10, 8]  # back to full polls once messages are single bars
+
+
 def test_fast_path_takes_published_records_and_leaves_the_rest_to_decode_record(monkeypatch):
     slow = []
     real = kafka_mod._BarPartition._decode_slow
@@ -305,12 +385,28 @@ def test_fast_path_takes_published_records_and_leaves_the_rest_to_decode_record(
                         lambda self, m, *a: (slow.append(m.offset()), real(self, m, *a))[1])
     published = [encode_bar(bar("AAA", 0)), encode_bar(bar("BBB", 0, n=4.0, vw=1.5)),
                  (None, encode_watermark(T0 + 60)), (b"AAA", _bar_json(S="AAA", v=12, n=3)),
-                 (b"AAA", _bar_json(S="AAA", t="2024-01-02T14:31:00", n=None))]
+                 (b"AAA", _bar_json(S="AAA", t="2024-01-02T14:31:00", n=None)),
+                 encode_bars("AAA", ["2024-01-02T14:32:00Z", "2024-01-02T14:33:00Z"], [1.0, 2], [3.0, 3],
+                             [0.5, 0.5], [1.0, 1], [7.0, 8], None, [None, 1.5])]
     other = [(b"AAA", _bar_json(S="AAA", x=[])),  # an unknown field: never skipped unread
              (b"AAA", _bar_json(S="AAA", o=float("nan"))), (b"AAB", _bar_json(S="AAA")),
-             (None, b'{"T":"w","t":"2024-01-02T14:30:00Z","x":1}'), (b"AAA", None)]
+             (None, b'{"T":"w","t":"2024-01-02T14:30:00Z","x":1}'), (b"AAA", None),
+             (b"AAA", _bars_json(S="AAA", o=[1.0]))]  # a short column
     run_both([[FakeMessage(k, v, i) for i, (k, v) in enumerate(published + other)]])
     assert slow == list(range(len(published), len(published) + len(other)))
+
+
+def test_a_bars_record_across_the_watermark_dead_letters_its_late_bars_each_with_its_own_origin():
+    times = ["2024-01-02T14:29:00Z", "2024-01-02T14:31:00Z", "2024-01-02T14:28:00Z", "2024-01-02T14:32:00Z"]
+    record = encode_bars("AAA", times, [1.0, 2.0, 3.0, 4.0], [5.0] * 4, [0.5] * 4, [1.0] * 4, [9.0] * 4,
+                         [1.0, None, 3.0, 4.0])
+    batch = [FakeMessage(*record, 40), FakeMessage(*encode_bar(bar("AAA", 4)), 41)]
+    run_both([batch], watermark=T0 + 60)  # the fast path = the reference
+    p = kafka_mod._BarPartition(FakeInner([batch]), "bars", 0, True, 0, T0 + 60, None, None)
+    chunk = p.next_batch()[0]
+    assert [d.source for d in chunk.dead_letters] == ["bars/0@40#0", "bars/0@40#2"]  # minutes 14:29, 14:28
+    assert [d.reason for d in chunk.dead_letters] == ["late", "late"]
+    assert list(chunk.origins) == ["40#1", "40#3", 41] and chunk.bars.ts.tolist() == [T0 + 60, T0 + 120, T0 + 240]
 
 
 def _valid_number_text(draw):
@@ -360,7 +456,9 @@ def raw_records(draw):
     extra fields, arbitrary JSON, byte damage, tombstones."""
     symbol = draw(st.sampled_from(["AAA", "BBB", "C.X", "é"]))
     key = symbol.encode()
-    mode = draw(st.sampled_from(["clean"] * 5 + ["marker"] * 2 + ["odd"] * 3))
+    mode = draw(st.sampled_from(["clean"] * 5 + ["marker"] * 2 + ["odd"] * 3 + ["bars"] * 3))
+    if mode == "bars":  # a bars record: clean, or with odd entries, lengths or keys
+        return _bars_record(draw, symbol)
     if mode == "clean":
         t = json.dumps(draw(st.sampled_from(VALID_TIMES)))
         fields = [("T", '"b"'), ("S", json.dumps(symbol)), ("t", t)]
@@ -410,6 +508,27 @@ def raw_records(draw):
         data = None
     key = draw(st.sampled_from([None, b"AAA", symbol.encode("utf-8", "surrogatepass")] * 2 + [b"\xff"]))
     return key, data
+
+
+def _bars_record(draw, symbol):
+    count = draw(st.integers(1, 4))
+    odd = draw(st.integers(0, 2)) == 0
+    number = _number_text if odd else _valid_number_text
+    times = [draw(st.sampled_from(TIMES if odd else VALID_TIMES)) for _ in range(count)]
+    fields = [("T", '"bars"'), ("S", json.dumps(symbol)), ("t", json.dumps(times))]
+    for f in ("o", "h", "l", "c", "v", "n", "vw"):
+        if f in ("n", "vw") and draw(st.integers(0, 2)) == 0:
+            continue  # absent
+        size = count + (draw(st.sampled_from([0, 0, 0, -1, 1])) if odd else 0)
+        if f in ("n", "vw"):
+            entries = [draw(st.sampled_from(["null", number(draw)])) for _ in range(max(0, size))]
+        else:
+            entries = [number(draw) for _ in range(max(0, size))]
+        fields.append((f, "[" + ",".join(entries) + "]"))
+    if odd and draw(st.integers(0, 3)) == 0:
+        fields.append(("x", "1"))
+    key = draw(st.sampled_from([symbol.encode(), symbol.encode(), b"AAA", None])) if odd else symbol.encode()
+    return key, _json_object(draw, fields).encode()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
