@@ -102,7 +102,8 @@ class BarProducer:
     """Publishes bars and markers to the bars topic (kafka-python).
 
     acks=all, idempotent (no duplicates or reordering on internal retries),
-    retries until `delivery_timeout_ms`, batched with `linger_ms`. Retriable
+    retries until `delivery_timeout_ms`, batched with `linger_ms`, lz4-compressed
+    batches. Retriable
     failures are retried inside the client; what is left when its time is up
     is raised as `KafkaUnavailable` (or `KafkaRejected`) from the next send
     or `flush`. `send_*` only queue: call `flush()` for delivery.
@@ -123,6 +124,10 @@ class BarProducer:
             delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
             max_block_ms=max_block_ms, bootstrap_timeout_ms=max_block_ms,
             allow_auto_create_topics=False,
+            # JSON numbers compress well: less for the broker to store and
+            # send, publishing ~40 % faster; a replay is as fast as without
+            # (librdkafka decompresses in C; bench/README.md)
+            compression_type="lz4",
         )
         config.update(producer_config)
         try:
