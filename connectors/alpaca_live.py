@@ -21,7 +21,7 @@ from typing import Callable
 
 from connectors.alpaca_bars import Backoff
 from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable
-from connectors.alpaca_minutes import MinuteCompleter, SentBars, StreamCounters, is_stale
+from connectors.alpaca_minutes import MinuteCompleter, SentBars, StreamCounters, is_stale, resume_from
 from connectors.alpaca_stream import BarStream, StreamRejected, StreamSettings, message_json
 from operators.types import iso
 
@@ -66,17 +66,39 @@ class _Pump:
     markers, the watchdog and the periodic counts. Runs on one thread."""
 
     def __init__(self, s: StreamSettings, producer, dead_letters, history, stream: BarStream,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], resume=None):
         self.s, self.producer, self.dlq = s, producer, dead_letters
         self.history, self.stream = history, stream
         self.clock = clock
         self.counters = StreamCounters()
-        self.completer = MinuteCompleter.starting(clock(), s.grace_s, in_session=s.session,
-                                                  give_up_s=s.give_up_s)
         self.sent = SentBars()
+        start = self._resume_from(resume, clock())
+        self.completer = MinuteCompleter.starting(clock(), s.grace_s, resume_from=start,
+                                                  in_session=s.session, give_up_s=s.give_up_s)
         self.connected_at = self.last_bar_at = None
         self.backoff, self.fill_failures = Backoff(s.backoff_base_s, s.backoff_max_s), 0
         self.next_stats = clock() + s.stats_every_s
+
+    def _resume_from(self, point, now: float) -> int | None:
+        """A restart continues after the topic's last marker (`connectors.
+        kafka_resume.ResumePoint`): the minutes since are backfilled, and
+        bars already written after the marker are not written again."""
+        if point is None or point.watermark is None:
+            log.info("no event-time marker in topic %s: starting at the current minute", self.s.topic)
+            return None
+        start = resume_from(point.watermark, now, self.s.max_catch_up_s)
+        last = iso(point.watermark - MINUTE)
+        if start is None:
+            log.warning("topic %s is complete up to minute %s, more than %g h ago (or ahead of the "
+                        "clock): starting at the current minute; fill the gap with `cuts backfill "
+                        "--start %s`", self.s.topic, last, self.s.max_catch_up_s / 3600, last)
+            return None
+        for symbol, minute in point.written:
+            self.sent.first(symbol, minute)
+        log.info("resuming topic %s after its last complete minute %s: the minutes since are "
+                 "backfilled before they are declared complete (%d bars after it already written)",
+                 self.s.topic, last, len(point.written))
+        return start
 
     def tick(self, events: queue.Queue, timeout: float) -> None:
         try:
@@ -186,8 +208,10 @@ def run_stream(s: StreamSettings, stop: threading.Event,
     """Stream until `stop` is set (then flush and close; counters returned).
     Raises `StreamRejected` (fatal Alpaca error), Kafka connector errors."""
     from connectors.kafka import BarProducer, ensure_topic
+    from connectors.kafka_resume import read_resume_point
 
     ensure_topic(s.bootstrap, s.topic, s.partitions)
+    resume = read_resume_point(s.bootstrap, s.topic)
     history = AlpacaHistory(s.key, s.secret, url=s.rest_url, feed=s.feed, attempts=3, timeout_s=10.0,
                             backoff=Backoff(s.backoff_base_s, min(s.backoff_max_s, 10.0)))
     producer = BarProducer(s.bootstrap, s.topic)
@@ -197,7 +221,7 @@ def run_stream(s: StreamSettings, stop: threading.Event,
         dlq = _DeadLetters(s.bootstrap, s.dead_letter_topic, s.feed) if s.dead_letter_topic else None
         events: queue.Queue = queue.Queue()
         stream = BarStream(s, events, clock)
-        pump = _Pump(s, producer, dlq, history, stream, clock)
+        pump = _Pump(s, producer, dlq, history, stream, clock, resume)
         thread = threading.Thread(target=stream.run, name="alpaca-stream", daemon=True)
         thread.start()
         try:

@@ -2,7 +2,8 @@
 are arguments, nothing here reads a clock).
 
 `subscribe_batches`, `in_regular_session`, `MinuteCompleter` (when a minute
-is complete, which minutes need a backfill first), `SentBars`, `is_stale`,
+is complete, which minutes need a backfill first), `resume_from` (where a
+restart picks up), `SentBars`, `is_stale`,
 `StreamCounters`. The I/O half: `connectors.alpaca_stream` (the websocket)
 and `connectors.alpaca_live` (the loop). Design: docs/streaming.md.
 """
@@ -58,9 +59,14 @@ class MinuteCompleter:
     unverified: int = 0
 
     @classmethod
-    def starting(cls, now: float, grace: float, **kw) -> "MinuteCompleter":
-        """From the minute in progress at `now`, uncovered until subscribed."""
-        return cls(grace, int(now // MINUTE) * MINUTE, uncovered_since=now, **kw)
+    def starting(cls, now: float, grace: float, resume_from: int | None = None, **kw) -> "MinuteCompleter":
+        """From the minute in progress at `now`, uncovered until subscribed;
+        with `resume_from` (a restart: the topic's last marker, see
+        `resume_from`) from that minute: every minute since is exposed, so
+        it is backfilled from REST before it is declared complete."""
+        if resume_from is None:
+            return cls(grace, int(now // MINUTE) * MINUTE, uncovered_since=now, **kw)
+        return cls(grace, resume_from, uncovered_since=min(now, resume_from), **kw)
 
     def uncovered(self, t: float) -> None:
         if self.uncovered_since is None:
@@ -117,6 +123,19 @@ class MinuteCompleter:
     def give_up(self, m: int) -> None:
         self.filled_until = max(self.filled_until, m + MINUTE)
         self.unverified += 1
+
+
+def resume_from(last_marker: int | None, now: float, max_catch_up_s: float) -> int | None:
+    """Where a restarted connector starts declaring minutes: the topic's last
+    marker (minutes before it are complete in Kafka) when it is at most
+    `max_catch_up_s` old and not in the future; else None: the current
+    minute (the caller says why; `cuts backfill` fills an older gap)."""
+    if last_marker is None:
+        return None
+    current = int(now // MINUTE) * MINUTE
+    if now - last_marker > max_catch_up_s or last_marker > current + MINUTE:
+        return None
+    return last_marker
 
 
 @dataclass

@@ -77,6 +77,7 @@ class StreamSettings:
     stats_every_s: float = 60.0
     give_up_s: float = 300.0
     session: Callable[[int], bool] = in_regular_session
+    max_catch_up_s: float = 72 * 3600.0  # a restart backfills at most this far back
 
     @property
     def endpoint(self) -> str:

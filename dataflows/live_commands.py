@@ -70,6 +70,9 @@ def register(sub) -> None:
     st.add_argument("--stale-after-s", type=_seconds, default=120.0,
                     help="reconnect when no bar came for this long during the session (default 120)")
     st.add_argument("--stats-every-s", type=_seconds, default=60.0, help="log the counts this often")
+    st.add_argument("--max-catch-up-h", type=_seconds, default=72.0,
+                    help="a restart backfills the minutes since the topic's last marker when it is at "
+                         "most this many hours old (default 72); older: from the current minute")
     st.add_argument("--session", choices=("calendar", "regular", "always", "never"), default="calendar",
                     help=hidden)
     st.add_argument("--ws-url", help=hidden)
@@ -151,7 +154,7 @@ def stream_settings(args) -> StreamSettings:
         batch_size=config.subscribe_batch_size, batch_delay_s=config.subscribe_batch_delay_s,
         stale_after_s=args.stale_after_s, connect_timeout_s=args.connect_timeout_s,
         backoff_base_s=args.backoff_base_s, backoff_max_s=args.backoff_max_s,
-        stats_every_s=args.stats_every_s, session=session)
+        stats_every_s=args.stats_every_s, session=session, max_catch_up_s=args.max_catch_up_h * 3600)
 
 
 def cmd_stream(args) -> int:

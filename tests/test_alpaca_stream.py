@@ -30,7 +30,7 @@ from alpaca.data.models import Bar as AlpacaBar  # noqa: E402
 from connectors.alpaca_bars import Backoff, BarDecodeError, SymbolsError, parse_bar  # noqa: E402
 from connectors.alpaca_live import run_stream  # noqa: E402
 from connectors.alpaca_minutes import (  # noqa: E402
-    MinuteCompleter, SentBars, in_regular_session, is_stale, subscribe_batches)
+    MinuteCompleter, SentBars, in_regular_session, is_stale, resume_from, subscribe_batches)
 from connectors.alpaca_stream import StreamSettings  # noqa: E402
 from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
 from connectors.kafka import WatermarkRecord, decode_record, topic_partitions  # noqa: E402
@@ -95,6 +95,27 @@ def test_an_unfinished_subscription_at_start_exposes_the_first_minute():
     c = MinuteCompleter.starting(T0 + 50, grace=2.0)
     c.covered(T0 + 61)  # the subscription completed after minute T0's bar was pushed
     assert c.step(T0 + 63) == ("backfill", T0, T0 + 60)
+
+
+def test_a_restart_backfills_every_minute_since_the_topics_last_marker_before_declaring_one():
+    c = MinuteCompleter.starting(T0 + 185, grace=2.0, resume_from=T0 + 60)  # last marker: T0 complete
+    assert c.declared == T0 + 60
+    c.covered(T0 + 186)
+    assert c.step(T0 + 186) == ("backfill", T0 + 60, T0 + 180)  # T0+60 and T0+120, not yet T0+180
+    c.filled(T0 + 60, T0 + 180)
+    assert c.step(T0 + 186) == ("watermark", T0 + 180)
+    c.declare(T0 + 180)
+    assert c.step(T0 + 242.5) == ("watermark", T0 + 240)  # then minute by minute, as usual
+
+
+def test_a_restart_resumes_only_from_a_recent_marker_that_is_not_ahead_of_the_clock():
+    hours = 3600.0
+    assert resume_from(None, T0 + 5, 72 * hours) is None  # a topic without markers
+    assert resume_from(T0 - 60, T0 + 5, 72 * hours) == T0 - 60
+    assert resume_from(T0 - 71 * 3600, T0 + 5, 72 * hours) == T0 - 71 * 3600
+    assert resume_from(T0 - 73 * 3600, T0 + 5, 72 * hours) is None  # too old: `cuts backfill` for it
+    assert resume_from(T0 + 60, T0 + 5, 72 * hours) == T0 + 60  # the minute in progress was declared
+    assert resume_from(T0 + 180, T0 + 5, 72 * hours) is None  # ahead of the clock
 
 
 def test_a_minute_without_any_stream_bar_in_the_session_is_checked_by_backfill():
@@ -367,6 +388,66 @@ def test_after_a_drop_it_resubscribes_and_backfills_the_gap_before_the_minute_ma
     assert sorted(late) == [("AAPL", T0 + 60, 102), ("MSFT", T0 - 60, 48)]
     assert (counters.backfilled, counters.duplicates, counters.late, counters.updated) == (1, 2, 2, 1)
     assert counters.received == 7 and counters.produced == 7 and counters.connections == 2
+
+
+def test_a_restart_continues_after_the_topics_last_marker_without_writing_a_bar_twice(
+        server, kafka, topic, logs):
+    clock = Clock(T0 + 5)
+    run = Running(settings(server, kafka, topic), clock)
+    try:
+        server.wait_until(lambda: subscribed(server, 1, ["AAPL", "MSFT"]), timeout=5)
+        server.push_bars([wire_bar("AAPL", T0, 100), wire_bar("MSFT", T0, 50)])
+        clock.t = T0 + 62.5
+        wait_for(lambda: all(m == [T0 + 60] for m in markers_in(kafka.bootstrap, topic).values()))
+        server.push_bars([wire_bar("AAPL", T0 + 60, 101)])  # written, its minute not yet complete
+        wait_for(lambda: len(bars_in(kafka.bootstrap, topic)) == 3)
+    finally:
+        run.finish()  # the connector stops (a crash or a deploy) ...
+
+    # ... and starts again three minutes later: what it missed is on REST
+    server.load_history([wire_bar("AAPL", T0 + 60, 101), wire_bar("MSFT", T0 + 60, 51),
+                         wire_bar("AAPL", T0 + 120, 102), wire_bar("MSFT", T0 + 120, 52)])
+    clock.t = T0 + 185
+    run = Running(settings(server, kafka, topic), clock)
+    try:
+        wait_for(lambda: all(T0 + 180 in m for m in markers_in(kafka.bootstrap, topic).values()))
+    finally:
+        counters = run.finish()
+    assert "resuming topic" in logs.text and "2024-01-02T14:30:00Z" in logs.text
+    (req,) = server.requests("/v2/stocks/bars")
+    assert req.query["start"].startswith("2024-01-02T14:31:00")  # from the first minute not complete
+    seen, late = [], []
+    for recs in records(kafka.bootstrap, topic).values():
+        watermark = -1
+        for r in recs:
+            if isinstance(r, WatermarkRecord):
+                watermark = max(watermark, r.ts)
+            else:
+                seen.append((r.symbol, r.ts, r.close))
+                late += [r] if r.ts < watermark else []
+    assert sorted(seen) == sorted([("AAPL", T0, 100), ("MSFT", T0, 50), ("AAPL", T0 + 60, 101),
+                                   ("MSFT", T0 + 60, 51), ("AAPL", T0 + 120, 102), ("MSFT", T0 + 120, 52)])
+    assert late == []  # every backfilled bar came before the marker that covers it
+    assert (counters.backfilled, counters.duplicates) == (3, 1)  # AAPL T0+60 was in Kafka already
+    assert markers_in(kafka.bootstrap, topic) == {0: [T0 + 60, T0 + 180], 1: [T0 + 60, T0 + 180]}
+
+
+def test_a_restart_long_after_the_last_marker_starts_at_the_current_minute(server, kafka, topic, logs):
+    from connectors.kafka import BarProducer, ensure_topic
+
+    ensure_topic(kafka.bootstrap, topic, 2)
+    with BarProducer(kafka.bootstrap, topic) as producer:
+        producer.send_watermark(T0 - 4 * 86400)  # four days old
+    clock = Clock(T0 + 5)
+    run = Running(settings(server, kafka, topic), clock)
+    try:
+        server.wait_until(lambda: subscribed(server, 1, ["AAPL", "MSFT"]), timeout=5)
+        clock.t = T0 + 62.5
+        wait_for(lambda: all(T0 + 60 in m for m in markers_in(kafka.bootstrap, topic).values()))
+    finally:
+        run.finish()
+    assert "more than 72 h ago" in logs.text and "cuts backfill --start 2023-12-29T14:29:00Z" in logs.text
+    assert server.requests("/v2/stocks/bars") == []  # nothing fetched for the old gap
 
 
 def test_a_silent_stream_is_reconnected_by_the_watchdog(server, kafka, topic, logs):
