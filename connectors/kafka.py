@@ -19,6 +19,8 @@ import ...` keeps working)
   `kafka_publish`    `publish_plan`, `PublishStep`, `publish_columns`
   `kafka_admin`      errors, `ensure_topic`, `topic_partitions`, `topic_identity`
   `kafka_partition`  `_BarPartition`: a fetched batch -> Chunk / Watermark items
+  `kafka_columns`    `_Group` (a symbol's part of a batch as columns), `MessageOrigins`
+  `kafka_resume`     `read_resume_point`: the last marker, where `cuts stream` restarts
   `kafka_source`     `KafkaBarSource`, its raw partition, the dead-letter writer
   here               `BarProducer`
 
@@ -91,7 +93,8 @@ from connectors.kafka_codec import (  # noqa: F401 - re-exported
     _ISO_CACHE, MINUTE, DecodeError, WatermarkRecord, _bar_json, _one_line, _parse_time,
     BarsRecord, decode_record, encode_bar, encode_bars, encode_dead_letter, encode_watermark, iso_minute, iso_times,
 )
-from connectors.kafka_partition import _BarPartition, _empty_block, _Group, _text  # noqa: F401
+from connectors.kafka_columns import MessageOrigins, _empty_block, _Group  # noqa: F401
+from connectors.kafka_partition import _BarPartition, _text  # noqa: F401
 from connectors.kafka_publish import PublishStep, publish_columns, publish_plan  # noqa: F401
 from connectors.kafka_source import KafkaBarSource  # noqa: F401 - re-exported
 from operators.types import Bar
