@@ -174,13 +174,9 @@ def _decode(key, value):
         return DecodeError(f"not a JSON object: {type(obj).__name__}")
     kind = obj.get("T")
     if kind == "b":
-        symbol = obj.get("S")
-        if not isinstance(symbol, str):
-            return DecodeError("missing field S" if symbol is None else "field S: expected a string")
-        if key is None:
-            return DecodeError("bar without key (the key must be the symbol)")
-        if key != symbol.encode("utf-8", "surrogatepass"):
-            return DecodeError(f"key {key[:40]!r} is not the symbol {symbol[:40]!r}")
+        symbol = _symbol_of(key, obj, "bar")
+        if type(symbol) is DecodeError:
+            return symbol
         t = obj.get("t")
         if t is None:
             return DecodeError("missing field t")
@@ -228,14 +224,24 @@ def _decode(key, value):
     return DecodeError(f"unknown record type T={str(kind)[:20]!r}")
 
 
-def _decode_bars(key, obj: dict):
+def _symbol_of(key, obj: dict, kind: str):
+    """The record's symbol S, which its key must be (it decides the
+    partition), or a DecodeError naming what is wrong."""
+    prefix = "" if kind == "bar" else f"{kind}: "
     symbol = obj.get("S")
     if not isinstance(symbol, str):
-        return DecodeError("bars: missing field S" if symbol is None else "bars: field S: expected a string")
+        return DecodeError(f"{prefix}missing field S" if symbol is None else f"{prefix}field S: expected a string")
     if key is None:
-        return DecodeError("bars without key (the key must be the symbol)")
+        return DecodeError(f"{kind} without key (the key must be the symbol)")
     if key != symbol.encode("utf-8", "surrogatepass"):
-        return DecodeError(f"bars: key {key[:40]!r} is not the symbol {symbol[:40]!r}")
+        return DecodeError(f"{prefix}key {key[:40]!r} is not the symbol {symbol[:40]!r}")
+    return symbol
+
+
+def _decode_bars(key, obj: dict):
+    symbol = _symbol_of(key, obj, "bars")
+    if type(symbol) is DecodeError:
+        return symbol
     unknown = set(obj) - {"T", "S", "t", "o", "h", "l", "c", "v", "n", "vw"}
     if unknown:
         return DecodeError(f"bars: unknown field {sorted(unknown)[0][:20]!r}")
