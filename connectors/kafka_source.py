@@ -181,6 +181,29 @@ class KafkaBarSource(KafkaSource):
         self._partitions: list | None = None
         self._lock = threading.Lock()
         self._writer = _DeadLetterWriter(bootstrap, dead_letter_topic) if dead_letter_topic else None
+        self._prefetched: dict = {}  # partition -> _RawKafkaPartition started early (see prefetch)
+
+    def prefetch(self) -> None:
+        """Start every partition's consumer now, from the beginning of the
+        partition, so librdkafka fetches while the rest of the run is set up
+        (ClickHouse, the flow): a replay's first bars are waiting when the
+        flow starts, as a bar file is read before its flow. Only where this
+        process builds every partition (one process); a partition resumed
+        from recovery state gets a consumer at its stored offset instead."""
+        for partition in self.partition_ids():
+            with self._lock:
+                if partition in self._prefetched:
+                    continue
+            raw = self._raw_part("prefetch", self.topic, partition, None)
+            with self._lock:
+                self._prefetched[partition] = raw
+
+    def close_prefetched(self) -> None:
+        """Close the consumers `prefetch` started that no partition took."""
+        with self._lock:
+            left, self._prefetched = list(self._prefetched.values()), {}
+        for raw in left:
+            raw.close()
 
     def partition_ids(self) -> list[int]:
         """The topic's partition numbers (`TopicMissing` when it does not exist)."""
@@ -203,7 +226,15 @@ class KafkaBarSource(KafkaSource):
         partition = int(idx)
         identity = self.identity() if self.check_identity else None
         offset, seq, watermark = resume_position(resume_state, identity, self.bootstrap, topic)
-        inner = self._raw_part(step_id, topic, partition, offset)
+        with self._lock:
+            inner = self._prefetched.pop(partition, None)
+        if inner is not None and offset is not None:  # resuming: not from the beginning
+            inner.close()
+            inner = None
+        if inner is None:
+            inner = self._raw_part(step_id, topic, partition, offset)
+        else:
+            inner._metrics_labels["step_id"] = step_id
         writer = self._writer.acquire() if self._writer is not None else None
         return _BarPartition(inner, topic, partition, self.tail, seq, watermark, identity, writer,
                              max_batch=self._batch_size)

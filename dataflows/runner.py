@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -93,6 +94,19 @@ class Trading:
 def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
             trading: Trading | None = None) -> RunResult:
     """Run the flow over `source` into ClickHouse; returns when the source ends."""
+    prefetch = getattr(source, "prefetch", None)  # Kafka: consumers fetch while the rest is set up
+    resuming = spec.recovery_dir and os.path.exists(os.path.join(spec.recovery_dir, rec.MANIFEST))
+    if prefetch is not None and not spec.addresses and not resuming:  # from the beginning
+        prefetch()
+    try:
+        return _execute(spec, source, partitions, show_progress, trading)
+    finally:
+        close = getattr(source, "close_prefetched", None)
+        if close is not None:
+            close()
+
+
+def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None) -> RunResult:
     client = open_client(spec.dsn)
     ensure_schema(client)
     recovery = None

@@ -299,7 +299,10 @@ def test_source_resumes_seq_watermark_and_offset_from_its_snapshot(kafka, topic)
     assert seq == len(first) and ident == topic_identity(bs, topic)
 
     rest = []
+    source.prefetch()  # a consumer from the beginning is waiting: a resume must not take it
     part = source.build_part("in", f"0-{topic}", state)
+    assert source._prefetched.keys() == {1, 2}
+    source.close_prefetched()
     try:
         while True:
             rest += part.next_batch()
@@ -318,6 +321,26 @@ def test_source_resumes_seq_watermark_and_offset_from_its_snapshot(kafka, topic)
     ensure_topic(bs, topic, 3)
     with pytest.raises(TopicChanged, match="re-created"):
         KafkaBarSource(bs, topic, tail=False).build_part("in", f"0-{topic}", state)
+
+
+def test_a_prefetched_partition_starts_from_the_beginning_with_the_consumer_started_early(kafka, topic):
+    bs = kafka.bootstrap
+    _scenario(bs, topic)
+    source = KafkaBarSource(bs, topic, tail=False)
+    source.prefetch()
+    early = dict(source._prefetched)
+    assert sorted(early) == [0, 1, 2]
+    parts = {p: source.build_part("in", f"{p}-{topic}", None) for p in (0, 1, 2)}
+    assert source._prefetched == {} and all(parts[p].inner is early[p] for p in parts)
+    items = []
+    for part in parts.values():
+        try:
+            while True:
+                items += part.next_batch()
+        except StopIteration:
+            part.close()
+    offsets = sorted(o for it in items if isinstance(it, Chunk) and it.partition == 0 for o in it.origins)
+    assert offsets == [0, 1, 2, 5, 8] and all(check_protocol(v) for v in _by_partition(items).values())
 
 
 def test_kafka_replay_trades_like_the_file_backtest(kafka, topic):
