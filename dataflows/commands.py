@@ -80,6 +80,9 @@ def cmd_run(args) -> int:
         raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
+    if len(addresses) > 1 and dsn.startswith("chdb:"):
+        raise UsageError("several processes (--addresses) need a ClickHouse server (--clickhouse "
+                         "http://host:8123): an embedded chDB directory can be opened by one process only")
     if args.live and not args.alpaca:
         raise UsageError("--live trades through Alpaca: add --alpaca")
     if args.alpaca:

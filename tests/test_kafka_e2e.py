@@ -226,3 +226,58 @@ def test_publish_at_x_times_real_time_paces_minutes_and_replays_the_same(broker,
     cuts("backtest", "--bars", str(path), "--clickhouse", f"chdb://{tmp_path / 'b'}",
          "--out", str(tmp_path / "file"), "--run-id", "p", "--quiet")
     same_exports(tmp_path / "file", tmp_path / "kafka")
+
+
+# -- live worker ----------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(broker, small_market,
+                                                                             file_results, tmp_path):
+    """`cuts run --kafka` with Bytewax's cluster entry (-a/-i, one process: a
+    ClickHouse server would be needed for two) tails the topic while it is
+    published; once the last minute is complete, its trades are the file
+    backtest's. Stopped with SIGINT, as an operator would."""
+    from connectors import analytics
+    from connectors.clickhouse import open_client
+
+    topic = "live-cluster"
+    cuts("publish", "--bars", str(small_market), "--kafka", broker, "--topic", topic, "--partitions", "3",
+         "--records", "bar")  # one bar per record, as `cuts stream` writes
+    ch = tmp_path / "ch"
+    proc = subprocess.Popen([*CUTS, "run", "--kafka", broker, "--topic", topic, "--clickhouse", f"chdb://{ch}",
+                             "--run-id", "same", "-a", f"127.0.0.1:{_free_port()}", "-i", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    total = len(__import__("pandas").read_parquet(small_market))
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:  # "bars stored N (...)" every second
+            if line.startswith("bars stored") and int(line.split()[2].replace(",", "")) >= total:
+                break
+            assert time.monotonic() < deadline, "the live worker did not store every bar in time"
+        time.sleep(3.0)  # the last minute's orders, fills and trades are written after its bars
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, proc.stderr.read()
+    client = open_client(f"chdb://{ch}")
+    try:
+        analytics.export_csv(client, "same", str(tmp_path / "out"))
+    finally:
+        client.close()
+    assert (tmp_path / "out" / "trades.csv").read_bytes() == (file_results / "trades.csv").read_bytes()
+
+
+def test_several_processes_on_embedded_clickhouse_exit_2_naming_the_server_they_need(broker, tmp_path):
+    proc = cuts("run", "--kafka", broker, "--clickhouse", f"chdb://{tmp_path / 'ch'}",
+                "-a", "127.0.0.1:2101;127.0.0.1:2102", "-i", "0", check=False)
+    assert proc.returncode == 2 and "need a ClickHouse server" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
