@@ -243,9 +243,6 @@ def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(bro
     ClickHouse server would be needed for two) tails the topic while it is
     published; once the last minute is complete, its trades are the file
     backtest's. Stopped with SIGINT, as an operator would."""
-    from connectors import analytics
-    from connectors.clickhouse import open_client
-
     topic = "live-cluster"
     cuts("publish", "--bars", str(small_market), "--kafka", broker, "--topic", topic, "--partitions", "3",
          "--records", "bar")  # one bar per record, as `cuts stream` writes
@@ -268,11 +265,11 @@ def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(bro
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, proc.stderr.read()
-    client = open_client(f"chdb://{ch}")
-    try:
-        analytics.export_csv(client, "same", str(tmp_path / "out"))
-    finally:
-        client.close()
+    # exported in a process of its own: chDB opens one directory per process
+    subprocess.run([sys.executable, "-c", "import sys; from connectors import analytics; "
+                    "from connectors.clickhouse import open_client; "
+                    "analytics.export_csv(open_client(sys.argv[1]), 'same', sys.argv[2])",
+                    f"chdb://{ch}", str(tmp_path / "out")], cwd=ROOT, check=True)
     assert (tmp_path / "out" / "trades.csv").read_bytes() == (file_results / "trades.csv").read_bytes()
 
 
