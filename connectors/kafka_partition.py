@@ -20,6 +20,11 @@ from operators.symbol_stage import bar_payload
 from operators.types import Bar, DeadLetter
 
 
+# The undecodable records' group key: no Kafka key (bytes or None) equals it,
+# so a keyless bar of symbol "" is never taken for a bar of that group.
+_UNDECODABLE = object()
+
+
 def _text(data: bytes | None, limit: int = 2000) -> str | None:
     return None if data is None else data[:limit].decode("utf-8", "backslashreplace")
 
@@ -98,7 +103,7 @@ class _BarPartition(StatefulSourcePartition):
         inner = self.inner
         self._set_poll(0)
         msgs = inner.next_batch()  # raises StopIteration after the end in replay mode
-        groups: dict = {}  # key bytes -> _Group (None -> the undecodable records)
+        groups: dict = {}  # key bytes -> _Group (_UNDECODABLE -> the undecodable records)
         copies: list = []
         start_watermark = self.watermark
         self._controls = []
@@ -134,10 +139,16 @@ class _BarPartition(StatefulSourcePartition):
         self._poll = self.inner._batch_size = size
 
     def _learn(self, msgs: int, groups: dict, before: int) -> int:
-        """Bars in the batch so far; remembers the last poll's bars per message."""
+        """Bars in the batch so far; updates the bars-per-message estimate
+        from a poll that held bars (a poll of markers alone says nothing),
+        halving an older, larger estimate instead of dropping it: a few
+        markers or single bars between bars records must not open the next
+        poll to a thousand records."""
         bars = sum(len(g.ts) + len(g.dead) for g in groups.values())
-        if msgs:
-            self._bars_per_msg = (bars - before) / msgs
+        if msgs and bars > before:
+            ratio = (bars - before) / msgs
+            previous = self._bars_per_msg
+            self._bars_per_msg = ratio if previous is None else max(ratio, previous / 2)
         return bars
 
     def _take(self, msgs: list, groups: dict, watermark: int, copies: list) -> int:
@@ -264,9 +275,9 @@ class _BarPartition(StatefulSourcePartition):
             # effective from this partition's watermark at its position (see operators.ordering.Control)
             self._controls.append((rec, watermark))
         else:
-            g = groups.get(None)  # one group for all undecodable records
+            g = groups.get(_UNDECODABLE)  # one group for all undecodable records
             if g is None:
-                g = groups[None] = _Group("")
+                g = groups[_UNDECODABLE] = _Group("")
             _, ms = m.timestamp()
             ts = ms // 1000 if ms > 0 else 0
             payload = json.dumps({"error": rec.reason, "key": _text(key), "value": _text(value)})

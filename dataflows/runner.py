@@ -96,9 +96,9 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
     """Run the flow over `source` into ClickHouse; returns when the source ends."""
     prefetch = getattr(source, "prefetch", None)  # Kafka: consumers fetch while the rest is set up
     resuming = spec.recovery_dir and os.path.exists(os.path.join(spec.recovery_dir, rec.MANIFEST))
-    if prefetch is not None and not spec.addresses and not resuming:  # from the beginning
-        prefetch()
     try:
+        if prefetch is not None and not spec.addresses and not resuming:  # from the beginning
+            prefetch()
         return _execute(spec, source, partitions, show_progress, trading)
     finally:
         close = getattr(source, "close_prefetched", None)

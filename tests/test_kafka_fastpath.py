@@ -119,8 +119,8 @@ class ReferencePartition:
                         g[1].append(f"{m.offset()}#{k}")
             elif isinstance(rec, WatermarkRecord):
                 watermark = max(watermark, rec.ts)
-            else:
-                g = groups.setdefault("", ([], [], []))
+            else:  # one group for undecodable records (None: no symbol's key), symbol ""
+                g = groups.setdefault(None, ([], [], []))
                 _, ms = m.timestamp()
                 payload = json.dumps({"error": rec.reason, "key": kafka_mod._text(m.key()),
                                       "value": kafka_mod._text(m.value())})
@@ -132,6 +132,7 @@ class ReferencePartition:
             self.copies.append(copies)
         items, seq = [], self.seq
         for symbol, (bars, offsets, dead) in groups.items():
+            symbol = "" if symbol is None else symbol
             block = _reference_block(symbol, bars) if bars else kafka_mod._empty_block(symbol)
             items.append(Chunk(p, seq, symbol, block, offsets, prefix, dead))
             seq += 1
@@ -375,7 +376,36 @@ def test_bars_records_shrink_the_polls_so_a_batch_holds_about_max_bars():
     one_bar = [FakeMessage(*encode_bar(bar("AAA", i)), 100 + i) for i in range(30)]
     inner.msgs = one_bar
     part.next_batch()
-    assert inner.polls[3:] == [2, 10, 10, 8]  # back to full polls once messages are single bars
+    assert inner.polls[3:] == [2, 4, 9, 10, 5]  # back to full polls as single bars keep coming
+
+
+def test_a_keyless_bar_of_symbol_empty_after_an_undecodable_record_is_undecodable_too():
+    """The undecodable records' group has symbol "": a keyless bar or bars
+    record with S "" must not slip into it as a bar."""
+    run_both([[FakeMessage(None, b"{broken", 0), FakeMessage(None, _bar_json(S=""), 1),
+               FakeMessage(None, _bars_json(S=""), 2), FakeMessage(b"", _bar_json(S=""), 3)]])
+
+
+def test_a_poll_of_markers_alone_does_not_open_the_next_poll_to_a_thousand_bars_records():
+    """Published history: records of 1,000 bars, a marker after every two.
+    When a batch's last small poll holds only a marker, the estimate of bars
+    per message must survive it: every batch stays near max_bars (the first
+    one, before anything is known, is one poll of 16 messages)."""
+    minutes = [f"2024-01-{5 + i // 390:02d}T{14 + (i % 390) // 60:02d}:{i % 60:02d}:00Z" for i in range(1000)]
+    msgs, offset = [], 0
+    for step in range(30):
+        for k in range(2):
+            msgs.append(FakeMessage(*encode_bars(f"S{k}", minutes, *[[1.0] * 1000] * 5), offset))
+            offset += 1
+        msgs.append(FakeMessage(None, encode_watermark(T0 + 60 * (step + 1)), offset))
+        offset += 1
+    inner = SlicingInner(msgs, poll_size=1000)
+    part = kafka_mod._BarPartition(inner, "bars", 0, True, 0, -1, None, None, max_batch=10_000, max_bars=1_500)
+    sizes = []
+    while inner.msgs:
+        sizes.append(sum(len(i.bars) for i in part.next_batch() if isinstance(i, Chunk)))
+    assert sum(sizes) == 60_000 and sizes[0] == 11_000, sizes
+    assert max(sizes[1:]) <= 2_000, sizes  # without the rule: 11,000, 2,000, then 47,000
 
 
 def test_fast_path_takes_published_records_and_leaves_the_rest_to_decode_record(monkeypatch):
