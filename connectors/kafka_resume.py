@@ -4,8 +4,9 @@
 returns the last event-time marker that every partition got (markers go to
 all partitions, so a connector stopped while writing one leaves some
 partitions a marker behind: the minimum is the one the flow has seen
-everywhere), and the (symbol, minute) pairs of the bars written after it,
-which the connector must not write again.
+everywhere), and the (symbol, minute) pairs of the bars in Kafka for
+minutes from it on (also those before a later marker that only some
+partitions got), which the connector must not write again.
 
 The end of a partition is known from the fetch high watermark, not from
 ListOffsets (wrong on Tansu: the first offset of the last batch + 1, never
@@ -22,14 +23,17 @@ from connectors.kafka_codec import MINUTE, BarsRecord, WatermarkRecord, decode_r
 from operators.types import Bar
 
 
+MAX_WINDOW = 1_000_000  # records looked back per partition for a marker, at most
+
+
 @dataclass
 class ResumePoint:
     watermark: int | None  # the last marker every partition got (None: a partition has none)
-    written: set = field(default_factory=set)  # (symbol, minute) of bars after it
+    written: set = field(default_factory=set)  # (symbol, minute) of bars in Kafka from it on
 
 
 def read_resume_point(bootstrap: str, topic: str, window: int = 2_000,
-                      timeout_s: float = 30.0) -> ResumePoint:
+                      timeout_s: float = 60.0) -> ResumePoint:
     """The topic's resume point (`TopicMissing` when it does not exist)."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -41,51 +45,55 @@ def read_resume_point(bootstrap: str, topic: str, window: int = 2_000,
     except Exception as exc:
         raise _typed(exc, bootstrap, "starting the resume reader") from None
     try:
-        marks, written = [], set()
-        for p in partitions:
-            tp = TopicPartition(topic, p)
-            mark, after = _partition_tail(consumer, tp, window, time.monotonic() + timeout_s)
-            marks.append(mark)
-            written |= after
-        if not marks or any(m is None for m in marks):
-            return ResumePoint(None, written)
-        watermark = min(marks)
-        return ResumePoint(watermark, {(s, m) for s, m in written if m >= watermark})
+        deadline = time.monotonic() + timeout_s
+        tails = {p: _partition_tail(consumer, TopicPartition(topic, p), window, deadline) for p in partitions}
+        if not tails or any(not marks for marks, _ in tails.values()):
+            return ResumePoint(None)
+        watermark = min(max(marks) for marks, _ in tails.values())
+        for p, (marks, _) in tails.items():
+            if min(marks) > watermark:  # a marker ahead of the others: read back to the common one
+                tails[p] = _partition_tail(consumer, TopicPartition(topic, p), window, deadline,
+                                           reach=watermark)
+        # Bars of minutes from the watermark on, wherever they are: in a
+        # partition that got a later marker, they lie before it.
+        written = {(s, m) for _, bars in tails.values() for s, m in bars if m >= watermark}
+        return ResumePoint(watermark, written)
     except Exception as exc:
         raise _typed(exc, bootstrap, f"reading the end of topic {topic}") from None
     finally:
         consumer.close()
 
 
-def _partition_tail(consumer, tp, window: int, deadline: float) -> tuple:
-    """(last marker, {(symbol, minute) of bars after it}) of one partition."""
+def _partition_tail(consumer, tp, window: int, deadline: float, reach: int | None = None) -> tuple:
+    """(markers, {(symbol, minute)} of bars) in the last records of one
+    partition: a window widened until it holds a marker (with `reach`: a
+    marker at or before it), or the whole partition."""
     consumer.assign([tp])
     first = consumer.beginning_offsets([tp])[tp]
     anchor = consumer.end_offsets([tp])[tp]
     while True:
         start = max(first, anchor - window)
-        mark, after = _scan(consumer, tp, start, deadline)
-        if mark is not None or start <= first:
-            return mark, after
-        window *= 8  # no marker in the window: look further back
+        marks, bars = _scan(consumer, tp, start, deadline)
+        if (marks and (reach is None or min(marks) <= reach)) or start <= first or window >= MAX_WINDOW:
+            return marks, bars  # (no marker within MAX_WINDOW records: the topic is not resumed)
+        window *= 8  # look further back
 
 
 def _scan(consumer, tp, start: int, deadline: float) -> tuple:
     consumer.seek(tp, start)
-    mark, after = None, set()
+    marks, bars = [], set()
     while True:
         for records in consumer.poll(timeout_ms=50, max_records=5_000).values():
             for r in records:
                 rec = decode_record(r.key, r.value)
                 if isinstance(rec, WatermarkRecord):
-                    if mark is None or rec.ts >= mark:
-                        mark, after = rec.ts, set()
+                    marks.append(rec.ts)
                 elif isinstance(rec, Bar):
-                    after.add((rec.symbol, rec.ts - rec.ts % MINUTE))
+                    bars.add((rec.symbol, rec.ts - rec.ts % MINUTE))
                 elif isinstance(rec, BarsRecord):
-                    after.update((b.symbol, b.ts - b.ts % MINUTE) for b in rec.bars)
+                    bars.update((b.symbol, b.ts - b.ts % MINUTE) for b in rec.bars)
         end = consumer.highwater(tp)
         if end is not None and consumer.position(tp) >= end:
-            return mark, after
+            return marks, bars
         if time.monotonic() > deadline:
             raise TimeoutError(f"partition {tp.partition} not read to its end in time")

@@ -432,6 +432,50 @@ def test_a_restart_continues_after_the_topics_last_marker_without_writing_a_bar_
     assert markers_in(kafka.bootstrap, topic) == {0: [T0 + 60, T0 + 180], 1: [T0 + 60, T0 + 180]}
 
 
+def test_a_restart_after_a_marker_only_some_partitions_got_writes_no_bar_twice(server, kafka, topic, logs):
+    """Stopped while writing a marker: one partition has it, the other not.
+    The restart resumes from the marker both have, and the bars of the
+    minutes since, also those before the newer marker, are not written
+    again."""
+    from kafka import KafkaProducer
+    from kafka.partitioner.default import murmur2
+
+    from connectors.kafka import BarProducer, encode_watermark, ensure_topic
+
+    ensure_topic(kafka.bootstrap, topic, 2)
+    with BarProducer(kafka.bootstrap, topic) as producer:
+        producer.send_bars([parse_bar(wire_bar("AAPL", T0, 100)), parse_bar(wire_bar("MSFT", T0, 50))])
+        producer.send_watermark(T0 + 60)
+        producer.send_bars([parse_bar(wire_bar("AAPL", T0 + 60, 101)), parse_bar(wire_bar("MSFT", T0 + 60, 51))])
+    aapl = (murmur2(b"AAPL") & 0x7FFFFFFF) % 2
+    raw = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    raw.send(topic, value=encode_watermark(T0 + 120), partition=aapl)  # the other partition never got it
+    raw.flush()
+    raw.close()
+
+    server.load_history([wire_bar("AAPL", T0 + 60, 101), wire_bar("MSFT", T0 + 60, 51),
+                         wire_bar("AAPL", T0 + 120, 102), wire_bar("MSFT", T0 + 120, 52)])
+    clock = Clock(T0 + 185)
+    run = Running(settings(server, kafka, topic), clock)
+    try:
+        wait_for(lambda: all(T0 + 180 in m for m in markers_in(kafka.bootstrap, topic).values()))
+    finally:
+        counters = run.finish()
+    assert "resuming topic" in logs.text and "after its last complete minute 2024-01-02T14:30:00Z" in logs.text
+    seen, late = [], []
+    for recs in records(kafka.bootstrap, topic).values():
+        watermark = -1
+        for r in recs:
+            if isinstance(r, WatermarkRecord):
+                watermark = max(watermark, r.ts)
+            else:
+                seen.append((r.symbol, r.ts))
+                late += [r] if r.ts < watermark else []
+    assert sorted(seen) == sorted([("AAPL", T0), ("MSFT", T0), ("AAPL", T0 + 60), ("MSFT", T0 + 60),
+                                   ("AAPL", T0 + 120), ("MSFT", T0 + 120)])  # each once
+    assert late == [] and (counters.backfilled, counters.duplicates) == (2, 2)
+
+
 def test_a_restart_long_after_the_last_marker_starts_at_the_current_minute(server, kafka, topic, logs):
     from connectors.kafka import BarProducer, ensure_topic
 
