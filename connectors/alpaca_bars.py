@@ -23,19 +23,12 @@ import msgpack
 import pandas as pd
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
+from connectors.alpaca_errors import BackfillArgumentError, SymbolsError  # noqa: F401 - re-exported
 from operators.bars import SYMBOL_RE
 from operators.types import Bar
 
 COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "trade_count", "vwap")
 MINUTE = 60
-
-
-class SymbolsError(ValueError):
-    """Bad --symbols / --symbols-file: one line, exit 2."""
-
-
-class BackfillArgumentError(ValueError):
-    """Bad --start / --end / --timeframe: one line, exit 2."""
 
 
 class BarDecodeError(ValueError):

@@ -12,11 +12,8 @@ from datetime import date, datetime, timedelta
 from alpaca.common.exceptions import APIError
 from alpaca.trading.requests import GetCalendarRequest
 
+from connectors.alpaca_errors import CalendarUnavailable  # noqa: F401 - re-exported
 from operators.calendar import NEW_YORK
-
-
-class CalendarUnavailable(Exception):
-    """The broker's calendar could not be read: retry later or start without trading."""
 
 
 def _epoch(local: datetime) -> int:

@@ -35,20 +35,13 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
 
+from connectors.alpaca_errors import AlpacaRejected, AlpacaUnavailable  # noqa: F401 - re-exported
 from connectors.alpaca_bars import (BackfillArgumentError, Backoff, BarDecodeError, RequestWindow,
                                     bars_frame, parse_bar, parse_timeframe, plan_windows, symbol_groups)
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-class AlpacaRejected(RuntimeError):
-    """Alpaca refused a request in a way retrying cannot fix: stop."""
-
-
-class AlpacaUnavailable(RuntimeError):
-    """Alpaca kept failing (rate limit, server errors, network) past the retries: stop."""
 
 
 # ---------------------------------------------------------------- I/O: REST client

@@ -27,6 +27,7 @@ import websockets
 from alpaca.data.live import StockDataStream
 
 from connectors.alpaca_bars import Backoff, BarDecodeError, parse_bar
+from connectors.alpaca_errors import StreamRejected  # noqa: F401 - re-exported
 from connectors.alpaca_minutes import in_regular_session, subscribe_batches
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ FATAL = {409: "the account's market-data plan does not include this feed (try --
 HINTS = {402: "check ALPACA_API_KEY / ALPACA_SECRET_KEY", 404: "authentication took too long",
          405: "more symbols than the plan allows", 406: "another connection holds the account's "
          "only stream slot", 407: "this client reads too slowly", 429: "rate limited by Alpaca"}
-
-
-class StreamRejected(ValueError):
-    """Alpaca refused the stream in a way retrying cannot fix (one line, exit 2)."""
 
 
 class StreamFailure(websockets.WebSocketException):

@@ -23,12 +23,13 @@ class UsageError(Exception):
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
                RecoveryMismatch)
+from connectors.alpaca_errors import CalendarUnavailable, TradingUsageError  # noqa: E402
 from dataflows import live_commands as _LIVE  # noqa: E402
 from dataflows import reconcile_command as _RECONCILE  # noqa: E402
-from dataflows import trading as _TRADING  # noqa: E402
 
+# dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
 USER_ERRORS = (USER_ERRORS + tuple(_LIVE.USER_ERRORS) + tuple(_RECONCILE.USER_ERRORS)
-               + tuple(_TRADING.USER_ERRORS))
+               + (TradingUsageError, CalendarUnavailable))
 
 
 def dispatch(args) -> int:

@@ -15,12 +15,16 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from connectors.alpaca_bars import BackfillArgumentError, SymbolsError, read_symbols
-from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable
-from connectors.alpaca_live import run_stream
+# alpaca-py is imported by the commands that use it, not by the parser
+from connectors.alpaca_errors import (
+    AlpacaRejected, AlpacaUnavailable, BackfillArgumentError, StreamRejected, SymbolsError,
+)
 from connectors.alpaca_minutes import in_regular_session
-from connectors.alpaca_stream import StreamRejected, StreamSettings
+
+if TYPE_CHECKING:
+    from connectors.alpaca_stream import StreamSettings
 from dataflows.cli import _positive_int  # cli imports this module only inside build_parser
 from operators.types import iso
 
@@ -123,6 +127,8 @@ def _feed(args, config, allowed: tuple) -> str:
 
 def stream_settings(args) -> StreamSettings:
     """The command's arguments, environment and config -> settings (errors: one line)."""
+    from connectors.alpaca_bars import read_symbols
+    from connectors.alpaca_stream import StreamSettings
     from connectors.config import alpaca_credentials, alpaca_urls, kafka_bootstrap, load_trading_config
 
     config = load_trading_config(args.config).stream
@@ -158,6 +164,8 @@ def stream_settings(args) -> StreamSettings:
 
 
 def cmd_stream(args) -> int:
+    from connectors.alpaca_live import run_stream
+
     settings = stream_settings(args)
     _setup_logging()
     stop = threading.Event()
@@ -175,8 +183,8 @@ def cmd_stream(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from connectors.alpaca_bars import parse_time_arg, parse_timeframe
-    from connectors.alpaca_history import FileSink, KafkaSink, backfill
+    from connectors.alpaca_bars import parse_time_arg, parse_timeframe, read_symbols
+    from connectors.alpaca_history import AlpacaHistory, FileSink, KafkaSink, backfill
     from connectors.config import alpaca_credentials, alpaca_urls, kafka_bootstrap, load_trading_config
 
     symbols = read_symbols(args.symbols, args.symbols_file)

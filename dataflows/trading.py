@@ -22,7 +22,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from connectors.alpaca_calendar import CalendarUnavailable, fetch_sessions
+from connectors.alpaca_calendar import fetch_sessions
+from connectors.alpaca_errors import CalendarUnavailable, TradingUsageError
 from connectors.broker import AlpacaBroker
 from connectors.broker_sink import BrokerExecution, BrokerSink, ProtectOnFill
 from connectors.clickhouse import ensure_schema, open_client, shared_writer
@@ -38,10 +39,6 @@ from operators.types import BUY, SELL, TradeUpdate, iso
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,48}")
 CATCH_UP_S = 7 * 86_400  # orders the relay re-reads at start (overnight OCOs included)
-
-
-class TradingUsageError(ValueError):
-    """The trading run cannot start as asked (bad run id, account unreachable...)."""
 
 
 USER_ERRORS = (TradingUsageError, CalendarUnavailable)
