@@ -164,21 +164,11 @@ class BrokerPortfolio(LiveSafety, Portfolio):
             stop_price=p.stop_price, target_price=p.target_price, parent_id=p.entry_order_id,
             oco_id=oco_id))
 
-    def _risk_block(self, symbol: str) -> str | None:
+    def _entries_waiting(self, symbol: str) -> tuple[int, int]:
         """As the backtest's, but a partly filled entry counts once (as its position)."""
-        if self.halt is not None:
-            return "halted"
-        if self.day_halt is not None:
-            return self.day_halt
-        r = self.rules
         waiting = [po for po in self.orders.values()
                    if po.order.side == BUY and po.position_key not in self.positions]
-        if len(self.positions) + len(waiting) >= r.max_positions:
-            return "max_positions"
-        per_symbol = len(self.by_symbol.get(symbol, ())) + sum(1 for po in waiting if po.order.symbol == symbol)
-        if per_symbol >= r.max_positions_per_symbol:
-            return "max_positions_per_symbol"
-        return None
+        return len(waiting), sum(1 for po in waiting if po.order.symbol == symbol)
 
     def _queue_exit(self, p: Position, ts: int, close: float, intent: str, out: PortfolioOutput,
                     leg: str = "exit") -> None:

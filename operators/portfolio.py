@@ -276,17 +276,20 @@ class Portfolio:
                 return True
         return False
 
+    def _entries_waiting(self, symbol: str) -> tuple[int, int]:
+        """Entries decided but not yet positions: (all, of `symbol`)."""
+        return self.pending_entries, sum(1 for po in self.pending.get(symbol, ()) if po.order.side == BUY)
+
     def _risk_block(self, symbol: str) -> str | None:
         if self.halt is not None:
             return "halted"
         if self.day_halt is not None:
             return self.day_halt
         r = self.rules
-        if len(self.positions) + self.pending_entries >= r.max_positions:
+        waiting, waiting_here = self._entries_waiting(symbol)
+        if len(self.positions) + waiting >= r.max_positions:
             return "max_positions"
-        per_symbol = len(self.by_symbol.get(symbol, ()))
-        per_symbol += sum(1 for po in self.pending.get(symbol, ()) if po.order.side == BUY)
-        if per_symbol >= r.max_positions_per_symbol:
+        if len(self.by_symbol.get(symbol, ())) + waiting_here >= r.max_positions_per_symbol:
             return "max_positions_per_symbol"
         return None
 
