@@ -34,7 +34,32 @@ def _late(symbol: str, ts: int, source: str, r: _WireBar) -> DeadLetter:
     return DeadLetter(symbol, ts, "late", source, bar_payload(bar))
 
 
-class _BarPartition(StatefulSourcePartition):
+class EventTimeKafkaPartition(StatefulSourcePartition):
+    """What the bars and trade-updates partitions share: an inner Bytewax
+    Kafka partition, items numbered by `seq` for item partition
+    `self.partition`, and the snapshot (offset, seq, watermark, topic id).
+    Subclasses set inner, partition, tail, seq, watermark, identity, ended."""
+
+    def _end_of_replay(self, items: list, seq: int, watermark: int) -> tuple[int, int]:
+        """After the end of the partition in replay: Watermark(END_OF_TIME),
+        once (nothing more will come). Returns (seq, watermark) after it."""
+        if not self.tail and not self.ended and getattr(self.inner, "_eof", False):
+            self.ended = True
+            items.append(Watermark(self.partition, seq, END_OF_TIME))
+            return seq + 1, END_OF_TIME
+        return seq, watermark
+
+    def next_awake(self):
+        return self.inner.next_awake()
+
+    def snapshot(self):
+        return (self.inner.snapshot(), self.seq, self.watermark, self.identity)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _BarPartition(EventTimeKafkaPartition):
     """Wraps Bytewax's Kafka partition: records -> Chunk / Watermark items.
 
     State (the snapshot): (next offset, next seq, watermark, topic id). All of
@@ -299,22 +324,10 @@ class _BarPartition(StatefulSourcePartition):
         if watermark > start_watermark:
             items.append(Watermark(p, seq, watermark))
             seq += 1
-        if not self.tail and not self.ended and getattr(self.inner, "_eof", False):
-            # End of the partition in replay: nothing more will come.
-            self.ended = True
-            watermark = END_OF_TIME
-            items.append(Watermark(p, seq, END_OF_TIME))
-            seq += 1
-        self.seq, self.watermark = seq, watermark
+        self.seq, self.watermark = self._end_of_replay(items, seq, watermark)
         return items
 
-    def next_awake(self):
-        return self.inner.next_awake()
-
-    def snapshot(self):
-        return (self.inner.snapshot(), self.seq, self.watermark, self.identity)
-
     def close(self) -> None:
-        self.inner.close()
+        super().close()
         if self.dead_letter is not None:
             self.dead_letter.release()

@@ -113,7 +113,18 @@ class _DeadLetterWriter:
                 raise _typed(exc, self.bootstrap, f"copying to dead-letter topic {self.topic}") from None
 
 
-class KafkaBarSource(KafkaSource):
+class TopicIdentityCache:
+    """`identity()`: the topic id, read once (every partition's resume check
+    needs it). Needs bootstrap, topic, _identity (None: not read) and _lock."""
+
+    def identity(self) -> str:
+        with self._lock:
+            if self._identity is None:
+                self._identity = topic_identity(self.bootstrap, self.topic)
+            return self._identity
+
+
+class KafkaBarSource(TopicIdentityCache, KafkaSource):
     """The bars topic as event-time partitions (`operators.ordering` protocol).
 
     Each Kafka partition is a source partition (id = partition number) that
@@ -210,12 +221,6 @@ class KafkaBarSource(KafkaSource):
         if self._partitions is None:
             self._partitions = topic_partitions(self.bootstrap, self.topic)
         return list(self._partitions)
-
-    def identity(self) -> str:
-        with self._lock:
-            if self._identity is None:
-                self._identity = topic_identity(self.bootstrap, self.topic)
-            return self._identity
 
     def list_parts(self) -> list[str]:
         # Not the librdkafka listing of KafkaSource: it would auto-create a missing topic.

@@ -26,13 +26,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource
 from confluent_kafka import OFFSET_BEGINNING
 
-from connectors.kafka_admin import topic_identity, topic_partitions
-from connectors.kafka_source import raw_partition, resume_position
+from connectors.kafka_admin import topic_partitions
+from connectors.kafka_partition import EventTimeKafkaPartition
+from connectors.kafka_source import TopicIdentityCache, raw_partition, resume_position
 from connectors.trade_updates import TradeMarker, decode_trade_record
-from operators.ordering import END_OF_TIME, TRADE_UPDATES_PARTITION_BASE, BrokerEvent, Watermark
+from operators.ordering import TRADE_UPDATES_PARTITION_BASE, BrokerEvent, Watermark
 from operators.types import TradeUpdate
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 MINUTE = 60
 
 
-class _TradePartition(StatefulSourcePartition):
+class _TradePartition(EventTimeKafkaPartition):
     """One Kafka partition -> BrokerEvent / Watermark items. State (the
     snapshot): (next offset, next seq, watermark, topic id)."""
 
@@ -73,25 +74,11 @@ class _TradePartition(StatefulSourcePartition):
                 self.undecodable += 1
                 log.warning("%s/%d@%d: undecodable trade-updates record skipped (%d so far): %s",
                             self.topic, self.kafka_partition, m.offset(), self.undecodable, rec.reason)
-        if not self.tail and not self.ended and getattr(self.inner, "_eof", False):
-            self.ended = True  # end of the partition in replay: nothing more will come
-            watermark = END_OF_TIME
-            items.append(Watermark(p, seq, END_OF_TIME))
-            seq += 1
-        self.seq, self.watermark = seq, watermark
+        self.seq, self.watermark = self._end_of_replay(items, seq, watermark)
         return items
 
-    def next_awake(self):
-        return self.inner.next_awake()
 
-    def snapshot(self):
-        return (self.inner.snapshot(), self.seq, self.watermark, self.identity)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class TradeUpdateSource(FixedPartitionedSource):
+class TradeUpdateSource(TopicIdentityCache, FixedPartitionedSource):
     """Bytewax source of the trade_updates topic (see the module doc)."""
 
     def __init__(self, bootstrap: str, topic: str = "trade_updates", *, tail: bool = True,
@@ -115,12 +102,6 @@ class TradeUpdateSource(FixedPartitionedSource):
     def partition_ids(self) -> list[int]:
         """The ids of the items' partitions: BASE + each Kafka partition."""
         return [TRADE_UPDATES_PARTITION_BASE + p for p in self.kafka_partitions()]
-
-    def identity(self) -> str:
-        with self._lock:
-            if self._identity is None:
-                self._identity = topic_identity(self.bootstrap, self.topic)
-            return self._identity
 
     def list_parts(self) -> list[str]:
         return [f"{p}-{self.topic}" for p in self.kafka_partitions()]
