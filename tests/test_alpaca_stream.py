@@ -269,6 +269,21 @@ def markers_in(bootstrap, topic) -> dict:
             for p, recs in records(bootstrap, topic).items()}
 
 
+def written_bars(bootstrap, topic) -> tuple:
+    """(every bar in the topic, those behind a marker at their position):
+    what the Kafka source would flag late."""
+    seen, late = [], []
+    for recs in records(bootstrap, topic).values():
+        watermark = -1
+        for r in recs:
+            if isinstance(r, WatermarkRecord):
+                watermark = max(watermark, r.ts)
+            else:
+                seen.append(r)
+                late += [r] if r.ts < watermark else []
+    return seen, late
+
+
 def wire_bar(sym, ts, close=100.0, **kw) -> dict:
     return {"S": sym, "t": dt.datetime.fromtimestamp(ts, dt.timezone.utc), "o": close, "h": close + 1,
             "l": close - 1, "c": close, "v": 1000, "n": 10, "vw": close, **kw}
@@ -370,16 +385,9 @@ def test_after_a_drop_it_resubscribes_and_backfills_the_gap_before_the_minute_ma
     finally:
         counters = run.finish()
 
-    late, seen = [], []
-    for recs in records(kafka.bootstrap, topic).values():
-        watermark = -1  # what the Kafka source does: late = behind the marker at its position
-        for r in recs:
-            if isinstance(r, WatermarkRecord):
-                watermark = max(watermark, r.ts)
-            else:
-                seen.append((r.symbol, r.ts, r.close))
-                if r.ts < watermark:
-                    late.append((r.symbol, r.ts, r.close))
+    bars, behind = written_bars(kafka.bootstrap, topic)
+    seen = [(r.symbol, r.ts, r.close) for r in bars]
+    late = [(r.symbol, r.ts, r.close) for r in behind]
     # the backfill wrote MSFT's missed bar before the marker, and not AAPL's again
     assert sorted(seen) == sorted([("AAPL", T0, 100), ("MSFT", T0, 50), ("AAPL", T0 + 60, 101),
                                    ("MSFT", T0 + 120, 52), ("MSFT", T0 + 60, 51), ("MSFT", T0 - 60, 48),
@@ -416,15 +424,8 @@ def test_a_restart_continues_after_the_topics_last_marker_without_writing_a_bar_
     assert "resuming topic" in logs.text and "2024-01-02T14:30:00Z" in logs.text
     (req,) = server.requests("/v2/stocks/bars")
     assert req.query["start"].startswith("2024-01-02T14:31:00")  # from the first minute not complete
-    seen, late = [], []
-    for recs in records(kafka.bootstrap, topic).values():
-        watermark = -1
-        for r in recs:
-            if isinstance(r, WatermarkRecord):
-                watermark = max(watermark, r.ts)
-            else:
-                seen.append((r.symbol, r.ts, r.close))
-                late += [r] if r.ts < watermark else []
+    bars, late = written_bars(kafka.bootstrap, topic)
+    seen = [(r.symbol, r.ts, r.close) for r in bars]
     assert sorted(seen) == sorted([("AAPL", T0, 100), ("MSFT", T0, 50), ("AAPL", T0 + 60, 101),
                                    ("MSFT", T0 + 60, 51), ("AAPL", T0 + 120, 102), ("MSFT", T0 + 120, 52)])
     assert late == []  # every backfilled bar came before the marker that covers it
@@ -462,15 +463,8 @@ def test_a_restart_after_a_marker_only_some_partitions_got_writes_no_bar_twice(s
     finally:
         counters = run.finish()
     assert "resuming topic" in logs.text and "after its last complete minute 2024-01-02T14:30:00Z" in logs.text
-    seen, late = [], []
-    for recs in records(kafka.bootstrap, topic).values():
-        watermark = -1
-        for r in recs:
-            if isinstance(r, WatermarkRecord):
-                watermark = max(watermark, r.ts)
-            else:
-                seen.append((r.symbol, r.ts))
-                late += [r] if r.ts < watermark else []
+    bars, late = written_bars(kafka.bootstrap, topic)
+    seen = [(r.symbol, r.ts) for r in bars]
     assert sorted(seen) == sorted([("AAPL", T0), ("MSFT", T0), ("AAPL", T0 + 60), ("MSFT", T0 + 60),
                                    ("AAPL", T0 + 120), ("MSFT", T0 + 120)])  # each once
     assert late == [] and (counters.backfilled, counters.duplicates) == (2, 2)
