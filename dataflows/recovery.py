@@ -27,10 +27,15 @@ class Recovery:
     directory: str
 
 
+def has_state(directory: str | None) -> bool:
+    """A run was started in `directory`: a restart resumes from it."""
+    return bool(directory) and os.path.exists(os.path.join(directory, MANIFEST))
+
+
 def prepare(directory: str, identity: dict, partitions: int, backup_s: int = 0) -> Recovery:
     """Create (first run) or check (restart) a recovery directory."""
     path = os.path.join(directory, MANIFEST)
-    if os.path.exists(path):
+    if has_state(directory):
         with open(path, encoding="utf-8") as fh:
             stored = json.load(fh)
         for key in sorted(set(stored) | set(identity)):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import os
 import sys
 import threading
 import time
@@ -95,9 +94,9 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
             trading: Trading | None = None) -> RunResult:
     """Run the flow over `source` into ClickHouse; returns when the source ends."""
     prefetch = getattr(source, "prefetch", None)  # Kafka: consumers fetch while the rest is set up
-    resuming = spec.recovery_dir and os.path.exists(os.path.join(spec.recovery_dir, rec.MANIFEST))
     try:
-        if prefetch is not None and not spec.addresses and not resuming:  # from the beginning
+        # one process, from the beginning (a resume starts at its stored offsets)
+        if prefetch is not None and not spec.addresses and not rec.has_state(spec.recovery_dir):
             prefetch()
         return _execute(spec, source, partitions, show_progress, trading)
     finally:
