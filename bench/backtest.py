@@ -23,12 +23,12 @@ sys.path.insert(0, ROOT)
 
 def operators_only(path: str) -> tuple[int, float]:
     """Symbol stage + event-time ordering + portfolio, without Bytewax or ClickHouse."""
-    from connectors.barfile import BarFileSource, read_bar_file
+    from connectors.files.barfile import BarFileSource, read_bar_file
+    from operators.columnar import ColumnarSymbolState, step_block
     from operators.config import TradingConfig
     from operators.ordering import Chunk, PortfolioStage, SymbolResult
     from operators.portfolio import Portfolio
     from operators.signals import SignalRules
-    from operators.columnar import ColumnarSymbolState, step_block
     from operators.types import SymbolOutput
 
     cfg = TradingConfig()

@@ -56,7 +56,7 @@ def _drain(parts) -> tuple[float, int]:
 
 
 def measure(bootstrap: str, partitions: list, poll: int, raw: bool) -> tuple[float, int]:
-    from connectors.kafka_source import KafkaBarSource
+    from connectors.kafka.source import KafkaBarSource
 
     source = KafkaBarSource(bootstrap, TOPIC, tail=False, poll_size=poll, check_identity=False)
     if raw:  # the consumer alone, polls of `poll` messages
@@ -83,8 +83,8 @@ def main() -> int:
     args = ap.parse_args()
     polls = [int(x) for x in args.polls.split(",")]
     from connectors.config import kafka_bootstrap
-    from connectors.embedded_kafka import kafka_bootstrap_or_embedded
-    from connectors.kafka import topic_partitions
+    from connectors.kafka.admin import topic_partitions
+    from connectors.kafka.embedded import kafka_bootstrap_or_embedded
 
     with tempfile.TemporaryDirectory() as tmp, kafka_bootstrap_or_embedded(kafka_bootstrap(None)) as bootstrap:
         bars = os.path.join(tmp, "bars.parquet")

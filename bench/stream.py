@@ -65,9 +65,11 @@ def measure_live_latency(bootstrap: str, symbols: int, minutes: int, pace_s: flo
     """Seconds from "minute complete in Kafka" to "minute out of the portfolio", per minute."""
     from bytewax.testing import run_main
 
-    from connectors.barfile import frame_to_columns
-    from connectors.kafka import BarProducer, KafkaBarSource, ensure_topic
-    from connectors.synthetic import generate_bars
+    from connectors.files.barfile import frame_to_columns
+    from connectors.files.synthetic import generate_bars
+    from connectors.kafka.admin import ensure_topic
+    from connectors.kafka.producer import BarProducer
+    from connectors.kafka.source import KafkaBarSource
     from dataflows.flow import FlowSettings, build_flow
     from operators.config import TradingConfig
     from operators.types import Bar
@@ -148,7 +150,7 @@ def main() -> int:
                     help="file and replay backtests, alternating, this many times (medians when > 1)")
     args = ap.parse_args()
     from connectors.config import kafka_bootstrap
-    from connectors.embedded_kafka import kafka_bootstrap_or_embedded
+    from connectors.kafka.embedded import kafka_bootstrap_or_embedded
 
     with tempfile.TemporaryDirectory() as tmp, kafka_bootstrap_or_embedded(kafka_bootstrap(None)) as bootstrap:
         if not args.skip_replay:

@@ -5,7 +5,7 @@ import hashlib
 import sys
 import time
 
-from connectors.barfile import BarFileSource, read_bar_file
+from connectors.files.barfile import BarFileSource, read_bar_file
 from dataflows.runner import RunResult, RunSpec, config_hash, execute
 from operators.config import TradingConfig
 
@@ -58,7 +58,8 @@ def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_
                show_progress: bool = True, addresses=None, process_id: int = 0,
                live: bool = False, dead_letter_topic: str | None = None) -> RunResult:
     """A topic through the flow: replay (bounded, from the beginning) or live (tail)."""
-    from connectors.kafka import KafkaBarSource, topic_identity
+    from connectors.kafka.admin import topic_identity
+    from connectors.kafka.source import KafkaBarSource
 
     identity = topic_identity(bootstrap, topic)
     mode = "live" if live else "replay"

@@ -17,10 +17,10 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from operators.config import TradingConfig
 from operators.columnar import BarBlock, ColumnarSymbolState, step_block
-from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
+from operators.config import TradingConfig
 from operators.live_portfolio import BrokerPortfolio
+from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
 from operators.portfolio import Portfolio
 from operators.signals import SignalRules
 from operators.types import SymbolOutput

@@ -17,11 +17,10 @@ from datetime import timedelta
 
 from bytewax.testing import cluster_main, run_main
 
-from connectors import analytics
-from connectors.clickhouse import (
-    ClickHouseSink, clear_run, ensure_schema, open_client, record_run_end, record_run_start,
-    shared_writer,
-)
+from connectors.clickhouse import analytics
+from connectors.clickhouse.client import ensure_schema, open_client, shared_writer
+from connectors.clickhouse.runs import clear_run, record_run_end, record_run_start
+from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
 from dataflows.flow import FlowSettings, build_flow
 from operators.config import TradingConfig

@@ -22,18 +22,22 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from connectors.alpaca_calendar import fetch_sessions
-from connectors.alpaca_errors import CalendarUnavailable, TradingUsageError
-from connectors.broker import AlpacaBroker
-from connectors.broker_sink import BrokerExecution, BrokerSink, ProtectOnFill
-from connectors.clickhouse import ensure_schema, open_client, shared_writer
+from connectors.alpaca.broker import AlpacaBroker
+from connectors.alpaca.broker_sink import BrokerExecution, BrokerSink, ProtectOnFill
+from connectors.alpaca.calendar import fetch_sessions
+from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
+from connectors.alpaca.trade_relay import TradeUpdateRelay, TradeUpdatesWriter
+from connectors.alpaca.trade_updates import catch_up_updates
+from connectors.clickhouse.client import ensure_schema, open_client, shared_writer
 from connectors.config import (
-    alpaca_credentials, alpaca_trading_stream_url, alpaca_trading_url, trading_mode,
+    alpaca_credentials,
+    alpaca_trading_stream_url,
+    alpaca_trading_url,
+    trading_mode,
 )
-from connectors.kafka import KafkaBarSource, topic_identity
-from connectors.trade_relay import TradeUpdateRelay, TradeUpdatesWriter
-from connectors.trade_source import TradeUpdateSource
-from connectors.trade_updates import catch_up_updates
+from connectors.kafka.admin import topic_identity
+from connectors.kafka.source import KafkaBarSource
+from connectors.kafka.trade_source import TradeUpdateSource
 from dataflows.runner import RunSpec, Trading, execute
 from operators.types import BUY, SELL, TradeUpdate, iso
 
@@ -122,10 +126,9 @@ def in_flight_fills(tc, ch, run_id: str, since: datetime) -> dict[str, int]:
     """{symbol: signed qty} of the run's own orders filled at the broker but
     not in the run's fills yet (filled while the run was down: the relay's
     catch-up brings them to the flow). Not a discrepancy to reconcile."""
+    from alpaca.common.enums import Sort
     from alpaca.trading.enums import QueryOrderStatus
     from alpaca.trading.requests import GetOrdersRequest
-
-    from alpaca.common.enums import Sort
 
     orders, after = [], since
     while True:  # pages of 500 by submission time
@@ -151,8 +154,9 @@ def in_flight_fills(tc, ch, run_id: str, since: datetime) -> dict[str, int]:
 
 
 def _reconcile_at_start(tc, dsn: str, run_id: str, writer: TradeUpdatesWriter, now: int) -> frozenset:
-    from connectors.reconcile import format_report
-    from dataflows.reconcile_command import latest_decisions, unclear_symbols_now
+    from connectors.alpaca.reconcile import format_report
+    from connectors.clickhouse.reconciliations import latest_decisions
+    from dataflows.reconciliation import unclear_symbols_now
 
     ch = open_client(dsn)
     ensure_schema(ch)

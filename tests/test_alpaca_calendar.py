@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alpaca.trading.client import TradingClient
 
-from connectors.alpaca_calendar import fetch_sessions, sessions_from_calendar
+from connectors.alpaca.calendar import fetch_sessions, sessions_from_calendar
 
 sys.path.insert(0, str(Path(__file__).parent))
 from alpaca_server import AlpacaServer  # noqa: E402
@@ -34,8 +34,8 @@ def test_sessions_come_from_the_brokers_calendar_holidays_left_out():
 
 
 def test_the_stream_session_follows_the_calendar_and_falls_back_while_unreadable():
-    from connectors.alpaca_calendar import CalendarSessions
-    from connectors.alpaca_minutes import in_regular_session
+    from connectors.alpaca.calendar import CalendarSessions
+    from connectors.alpaca.minutes import in_regular_session
 
     july4_noon = utc(2024, 7, 4, 16, 0)  # a Thursday, exchange holiday
     early_close = utc(2024, 7, 3, 17, 30)  # 13:30 New York, after the 13:00 early close

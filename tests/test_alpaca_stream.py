@@ -24,18 +24,25 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parent))
+from alpaca.data.models import Bar as AlpacaBar  # noqa: E402
 from alpaca_server import AlpacaServer  # noqa: E402
 
-from alpaca.data.models import Bar as AlpacaBar  # noqa: E402
-from connectors.alpaca_bars import Backoff, BarDecodeError, SymbolsError, parse_bar  # noqa: E402
-from connectors.alpaca_live import run_stream  # noqa: E402
-from connectors.alpaca_minutes import (  # noqa: E402
-    MinuteCompleter, SentBars, in_regular_session, is_stale, resume_from, subscribe_batches)
-from connectors.alpaca_stream import StreamSettings  # noqa: E402
-from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
-from connectors.kafka import WatermarkRecord, decode_record, topic_partitions  # noqa: E402
-from dataflows import cli  # noqa: E402
-from dataflows.live_commands import stream_settings  # noqa: E402
+from connectors.alpaca.bars import Backoff, BarDecodeError, SymbolsError, parse_bar  # noqa: E402
+from connectors.alpaca.live import run_stream  # noqa: E402
+from connectors.alpaca.minutes import (  # noqa: E402
+    MinuteCompleter,
+    SentBars,
+    in_regular_session,
+    is_stale,
+    resume_from,
+    subscribe_batches,
+)
+from connectors.alpaca.stream import StreamSettings  # noqa: E402
+from connectors.kafka.admin import topic_partitions  # noqa: E402
+from connectors.kafka.codec import WatermarkRecord, decode_record  # noqa: E402
+from connectors.kafka.embedded import EmbeddedKafka  # noqa: E402
+from dataflows.cli import main as cli  # noqa: E402
+from dataflows.cli.live_commands import stream_settings  # noqa: E402
 from operators.types import Bar  # noqa: E402
 
 T0 = 1704205800  # 2024-01-02T14:30:00Z, a Tuesday in the regular session
@@ -189,8 +196,8 @@ def topic(request):
 
 @pytest.fixture
 def logs(caplog):
-    caplog.set_level(logging.INFO, logger="connectors.alpaca_stream")
-    caplog.set_level(logging.INFO, logger="connectors.alpaca_live")
+    caplog.set_level(logging.INFO, logger="connectors.alpaca.stream")
+    caplog.set_level(logging.INFO, logger="connectors.alpaca.live")
     return caplog
 
 
@@ -441,7 +448,9 @@ def test_a_restart_after_a_marker_only_some_partitions_got_writes_no_bar_twice(s
     from kafka import KafkaProducer
     from kafka.partitioner.default import murmur2
 
-    from connectors.kafka import BarProducer, encode_watermark, ensure_topic
+    from connectors.kafka.admin import ensure_topic
+    from connectors.kafka.codec import encode_watermark
+    from connectors.kafka.producer import BarProducer
 
     ensure_topic(kafka.bootstrap, topic, 2)
     with BarProducer(kafka.bootstrap, topic) as producer:
@@ -471,7 +480,8 @@ def test_a_restart_after_a_marker_only_some_partitions_got_writes_no_bar_twice(s
 
 
 def test_a_restart_long_after_the_last_marker_starts_at_the_current_minute(server, kafka, topic, logs):
-    from connectors.kafka import BarProducer, ensure_topic
+    from connectors.kafka.admin import ensure_topic
+    from connectors.kafka.producer import BarProducer
 
     ensure_topic(kafka.bootstrap, topic, 2)
     with BarProducer(kafka.bootstrap, topic) as producer:

@@ -16,19 +16,31 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from alpaca_server import AlpacaServer  # noqa: E402
-
 from alpaca.common.exceptions import APIError  # noqa: E402
 from alpaca.trading.client import TradingClient  # noqa: E402
 from alpaca.trading.enums import (  # noqa: E402
-    OrderClass, OrderSide, OrderStatus, OrderType, QueryOrderStatus, TimeInForce,
+    OrderClass,
+    OrderSide,
+    OrderStatus,
+    OrderType,
+    QueryOrderStatus,
+    TimeInForce,
 )
 from alpaca.trading.requests import (  # noqa: E402
-    ClosePositionRequest, GetOrderByIdRequest, GetOrdersRequest, LimitOrderRequest,
-    MarketOrderRequest, ReplaceOrderRequest, StopLimitOrderRequest, StopLossRequest,
-    StopOrderRequest, TakeProfitRequest, TrailingStopOrderRequest,
+    ClosePositionRequest,
+    GetOrderByIdRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    ReplaceOrderRequest,
+    StopLimitOrderRequest,
+    StopLossRequest,
+    StopOrderRequest,
+    TakeProfitRequest,
+    TrailingStopOrderRequest,
 )
 from alpaca.trading.stream import TradingStream  # noqa: E402
+from alpaca_server import AlpacaServer  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
@@ -60,7 +72,7 @@ def bracket(sym="AAPL", qty=10, tp=110.0, sl=95.0, cid=None):
 
 
 def oco(sym="AAPL", qty=10, tp=110.0, sl=95.0, cid=None):
-    """The engine's protective exit (connectors/broker.py to_protection_request shape)."""
+    """The engine's protective exit (connectors/alpaca/broker.py to_protection_request shape)."""
     return LimitOrderRequest(symbol=sym, qty=qty, side=SELL, time_in_force=GTC,
                              order_class=OrderClass.OCO, limit_price=tp,
                              take_profit=TakeProfitRequest(limit_price=tp),
@@ -420,7 +432,7 @@ def test_429_is_retried_by_alpaca_py_after_3s(server, tc):
 def test_504_after_the_order_was_taken_surfaces_as_duplicate_422(server, tc):
     """The hazard alpaca-py's retry creates: the broker took the order, the gateway said 504,
     alpaca-py POSTs again with the same client_order_id -> 422 duplicate. The order exists;
-    the caller must look it up by client_order_id (connectors/broker.py adopts it)."""
+    the caller must look it up by client_order_id (connectors/alpaca/broker.py adopts it)."""
     server.reject_next_orders(1, status=504, accept=True)
     with pytest.raises(APIError) as e:
         tc.submit_order(market(cid="amb"))

@@ -1,4 +1,4 @@
-"""connectors.analytics: section-6 metrics on a hand-built run whose numbers
+"""connectors.clickhouse.analytics: section-6 metrics on a hand-built run whose numbers
 were worked out by hand, and the CSV export.
 
 chDB opens one directory per process at a time: one module-scoped directory,
@@ -10,8 +10,9 @@ import statistics
 
 import pytest
 
-from connectors import analytics as an
-from connectors import clickhouse as ch
+from connectors.clickhouse import analytics as an
+from connectors.clickhouse import client as ch
+from connectors.clickhouse import runs as ch_runs
 from operators.types import EquityPoint, Fill, Order, Rejection, Trade
 
 RUN = "hand"
@@ -35,7 +36,7 @@ EQUITY = [(D1, 100000.0, 1), (D1 + H, 100500.0, 1), (D1 + 2 * H, 99500.0, 1), (D
 def client(tmp_path_factory):
     c = ch.open_client("chdb://" + str(tmp_path_factory.mktemp("an") / "db"))
     ch.ensure_schema(c)
-    ch.record_run_start(c, RUN, '{"risk": {"initial_cash": 100000}}', "backtest", now_ms=D1 * 1000)
+    ch_runs.record_run_start(c, RUN, '{"risk": {"initial_cash": 100000}}', "backtest", now_ms=D1 * 1000)
     w = ch.ClickHouseWriter(c, RUN)
     w.add("trades", TRADES)
     w.add("equity", [EquityPoint(ts, eq - 50.0, eq, n, 50.0 * n) for ts, eq, n in EQUITY])
@@ -46,7 +47,7 @@ def client(tmp_path_factory):
     w.flush()
     w.add("trades", TRADES)  # replayed: must not count twice
     w.flush()
-    ch.record_run_end(c, RUN, 1234, "finished", now_ms=D3 * 1000)
+    ch_runs.record_run_end(c, RUN, 1234, "finished", now_ms=D3 * 1000)
     yield c
     ch.close_clients()
 

@@ -15,13 +15,20 @@ from kafka import KafkaConsumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).parent))
 from alpaca_server import AlpacaServer  # noqa: E402
 
-from connectors.alpaca_bars import (BackfillArgumentError, Backoff, RequestWindow,  # noqa: E402
-                                    parse_time_arg, parse_timeframe, plan_windows)
-from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable  # noqa: E402
-from connectors.barfile import read_bar_file  # noqa: E402
-from connectors.embedded_kafka import EmbeddedKafka  # noqa: E402
-from connectors.kafka import BarsRecord, WatermarkRecord, decode_record, topic_partitions  # noqa: E402
-from dataflows import cli  # noqa: E402
+from connectors.alpaca.bars import (  # noqa: E402
+    BackfillArgumentError,
+    Backoff,
+    RequestWindow,
+    parse_time_arg,
+    parse_timeframe,
+    plan_windows,
+)
+from connectors.alpaca.history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable  # noqa: E402
+from connectors.files.barfile import read_bar_file  # noqa: E402
+from connectors.kafka.admin import topic_partitions  # noqa: E402
+from connectors.kafka.codec import BarsRecord, WatermarkRecord, decode_record  # noqa: E402
+from connectors.kafka.embedded import EmbeddedKafka  # noqa: E402
+from dataflows.cli import main as cli  # noqa: E402
 from operators.types import Bar  # noqa: E402
 
 UTC = dt.timezone.utc

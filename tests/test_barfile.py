@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.barfile import BarFileError, BarFileSource, plan_emission, read_bar_file
+from connectors.files.barfile import (
+    BarFileError,
+    BarFileSource,
+    plan_emission,
+    read_bar_file,
+)
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 
 

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
 
-from connectors.broker import (
-    MAX_CLIENT_ORDER_ID, client_order_id, protective_prices, tick_size, to_order_request,
-    to_protection_request, to_stop_replace, to_tick,
+from connectors.alpaca.broker import (
+    MAX_CLIENT_ORDER_ID,
+    client_order_id,
+    protective_prices,
+    tick_size,
+    to_order_request,
+    to_protection_request,
+    to_stop_replace,
+    to_tick,
 )
 from connectors.config import LiveTradingRefused, trading_mode
 from operators.types import BUY, SELL, Order
@@ -88,7 +94,7 @@ def test_one_switch_alone_is_refused(monkeypatch, live, env):
 # -- the submitting half, against the local Alpaca server with the real TradingClient --
 from alpaca.trading.client import TradingClient  # noqa: E402
 
-from connectors.broker import AlpacaBroker, BrokerRejected, BrokerRetriable  # noqa: E402
+from connectors.alpaca.broker import AlpacaBroker, BrokerRejected, BrokerRetriable  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the local Alpaca server lives beside the tests
 

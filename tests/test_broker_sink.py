@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from alpaca.trading.client import TradingClient
 
-from connectors.broker import AlpacaBroker
-from connectors.broker_sink import BrokerExecution, ProtectOnFill
+from connectors.alpaca.broker import AlpacaBroker
+from connectors.alpaca.broker_sink import BrokerExecution, ProtectOnFill
 from operators.types import BUY, SELL, Order, TradeUpdate
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -165,7 +165,7 @@ def test_an_exit_after_a_partly_filled_oco_sells_only_the_rest(server):
 
 
 def test_an_invalid_request_with_alpacas_generic_code_is_a_rejection_not_adopted(server):
-    from connectors.broker import BrokerRejected
+    from connectors.alpaca.broker import BrokerRejected
     h = Harness(server)
     server.reject_next_orders(1, status=422, body={"code": 40010001, "message": "asset is not active"})
     with pytest.raises(BrokerRejected):

@@ -124,8 +124,8 @@ def test_invalid_rows_go_to_dead_letters_not_a_crash(market, tmp_path):
 
 def test_the_cli_imports_alpaca_py_only_for_the_commands_that_use_it():
     """`cuts backtest`, `report`, `halt`... start without alpaca-py (~0.4 s of
-    imports); its errors are named from connectors.alpaca_errors."""
-    code = ("import sys; from dataflows import cli; cli.build_parser(); from dataflows import commands; "
+    imports); its errors are named from connectors.alpaca.errors."""
+    code = ("import sys; from dataflows.cli import main as cli; cli.build_parser(); from dataflows.cli import commands; "
             "print(sorted(m for m in sys.modules if m == 'alpaca' or m.startswith('alpaca.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -6,21 +6,34 @@ module-scoped directory (distinct run_ids per test) and closes its clients at
 teardown, leaving the process free for other modules' directories.
 """
 import dataclasses
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-import pytest
-
-from connectors.broker_sink import BrokerOrderRecord
-from bytewax.dataflow import Dataflow
 import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from connectors import clickhouse as ch
-from operators.types import (Bar, ControlEvent, DeadLetter, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Signal,
-                             SymbolOutput, Trade)
+from connectors.alpaca.broker_sink import BrokerOrderRecord
+from connectors.clickhouse import client as ch
+from connectors.clickhouse import runs as ch_runs
+from connectors.clickhouse import schema as ch_schema
+from connectors.clickhouse import sink as ch_sink
+from operators.types import (
+    Bar,
+    ControlEvent,
+    DeadLetter,
+    EquityPoint,
+    Fill,
+    Order,
+    PortfolioOutput,
+    Rejection,
+    Signal,
+    SymbolOutput,
+    Trade,
+)
 
 T0 = 1704205860  # 2024-01-02T14:31:00Z
 
@@ -60,32 +73,32 @@ def final_count(client, table, run_id):
 @pytest.mark.parametrize("table", list(EVENTS))
 def test_mapping_keeps_every_event_field_as_a_column(table):
     events = EVENTS[table]
-    cols = ch.to_columns(table, "run-1", events)
+    cols = ch_schema.to_columns(table, "run-1", events)
     fields = [f.name for f in dataclasses.fields(events[0])]
     assert set(cols) == {"run_id", *fields}
-    assert list(cols) == ch.column_names(table)
+    assert list(cols) == ch_schema.column_names(table)
     assert cols["run_id"] == ["run-1"] * len(events)
     assert all(len(v) == len(events) for v in cols.values())
 
 
 def test_mapping_turns_epoch_seconds_into_millisecond_ticks():
-    assert ch.to_columns("bars", "r", EVENTS["bars"])["ts"] == [T0 * 1000, T0 * 1000]
-    trade = ch.to_columns("trades", "r", EVENTS["trades"])
+    assert ch_schema.to_columns("bars", "r", EVENTS["bars"])["ts"] == [T0 * 1000, T0 * 1000]
+    trade = ch_schema.to_columns("trades", "r", EVENTS["trades"])
     assert (trade["entry_time"], trade["exit_time"]) == ([(T0 + 60) * 1000], [(T0 + 120) * 1000])
 
 
 def test_mapping_writes_passed_signals_with_empty_filtered_reason():
-    assert ch.to_columns("signals", "r", EVENTS["signals"])["filtered_reason"] == ["", "min_confidence"]
+    assert ch_schema.to_columns("signals", "r", EVENTS["signals"])["filtered_reason"] == ["", "min_confidence"]
 
 
 def test_mapping_keeps_missing_optional_bar_fields_as_null():
-    cols = ch.to_columns("bars", "r", EVENTS["bars"])
+    cols = ch_schema.to_columns("bars", "r", EVENTS["bars"])
     assert cols["trade_count"] == [12.0, None] and cols["vwap"] == [10.2, None]
 
 
 def test_every_table_key_starts_with_run_id_and_replaces():
-    for table in ("runs", *ch.TABLES):
-        sql = ch.ddl(table)
+    for table in ("runs", *ch_schema.TABLES):
+        sql = ch_schema.ddl(table)
         assert "ENGINE = ReplacingMergeTree" in sql and "ORDER BY (run_id" in sql
 
 
@@ -120,7 +133,7 @@ def test_second_chdb_directory_in_one_process_is_unavailable(client, tmp_path):
 def test_directory_locked_by_another_process_is_unavailable(client):
     dsn = next(d for d in ch._clients if d.startswith("chdb:"))
     code = textwrap.dedent(f"""
-        from connectors import clickhouse as ch
+        from connectors.clickhouse import client as ch, schema as ch_schema, runs as ch_runs, sink as ch_sink
         try:
             ch.open_client({dsn!r})
         except ch.ClickHouseUnavailable as exc:
@@ -177,8 +190,8 @@ def test_writer_flushes_a_table_when_its_batch_is_full(client):
 
 
 def test_run_end_row_wins_over_start_row(client):
-    ch.record_run_start(client, "run-x", '{"risk": {"initial_cash": 5000}}', "backtest", now_ms=T0 * 1000)
-    ch.record_run_end(client, "run-x", 42, "finished", now_ms=T0 * 1000)  # same clock: version still rises
+    ch_runs.record_run_start(client, "run-x", '{"risk": {"initial_cash": 5000}}', "backtest", now_ms=T0 * 1000)
+    ch_runs.record_run_end(client, "run-x", 42, "finished", now_ms=T0 * 1000)  # same clock: version still rises
     rows = client.query("SELECT config_json, mode, status, bar_count, toUnixTimestamp(started_at), "
                         "toUnixTimestamp(finished_at) FROM thousandcuts.runs FINAL WHERE run_id = 'run-x'"
                         ).result_rows
@@ -193,7 +206,7 @@ def test_sink_writes_symbol_and_portfolio_outputs(client):
                              rejections=EVENTS["rejections"], equity=EVENTS["equity"],
                              controls=EVENTS["controls"])]
     flow = Dataflow("sink_test")
-    op.output("out", op.input("in", flow, TestingSource(items)), ch.ClickHouseSink(dsn, "sink"))
+    op.output("out", op.input("in", flow, TestingSource(items)), ch_sink.ClickHouseSink(dsn, "sink"))
     run_main(flow)
     for table, events in EVENTS.items():
         if table != "broker_orders":  # written by the broker sink, not this one
@@ -225,7 +238,7 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
         from bytewax.dataflow import Dataflow
         import bytewax.operators as op
         from bytewax.testing import TestingSource, run_main
-        from connectors import clickhouse as ch
+        from connectors.clickhouse import client as ch, schema as ch_schema, runs as ch_runs, sink as ch_sink
         from operators.types import PortfolioOutput, Trade
         dsn = "chdb://{tmp_path / 'ch'}"
         c = ch.open_client(dsn)
@@ -235,7 +248,7 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
         t = Trade("t", "AAPL", "s", 1, 60, 1.0, 120, 1.0, "signal", 0.0, 0.0, 0.0)
         flow = Dataflow("f")
         op.output("out", op.input("in", flow, TestingSource([PortfolioOutput(trades=[t])])),
-                  ch.ClickHouseSink(dsn, "r", flush_each_batch=True))
+                  ch_sink.ClickHouseSink(dsn, "r", flush_each_batch=True))
         try:
             run_main(flow)
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""connectors.compare and `cuts report --against`: a hand-built live run
+"""connectors.clickhouse.compare and `cuts report --against`: a hand-built live run
 versus a hand-built backtest of the same bars, numbers worked out by hand.
 
 Backtest "bt": AAPL/sma_5_15 (+200), MSFT/sma_5_15 (-100), AAPL/sma_10_30 (+20).
@@ -19,8 +19,9 @@ import sys
 
 import pytest
 
-from connectors import clickhouse as ch
-from connectors import compare
+from connectors.clickhouse import client as ch
+from connectors.clickhouse import compare
+from connectors.clickhouse import runs as ch_runs
 from operators.types import Fill, Order, Trade
 
 LIVE, BT = "live", "bt"
@@ -66,8 +67,8 @@ def dsn(tmp_path_factory):
     c = ch.open_client(dsn)
     try:
         ch.ensure_schema(c)
-        ch.record_run_start(c, LIVE, "{}", "live", now_ms=D1 * 1000)
-        ch.record_run_start(c, BT, "{}", "backtest", now_ms=(D2 + 10 * H) * 1000)  # replayed afterwards
+        ch_runs.record_run_start(c, LIVE, "{}", "live", now_ms=D1 * 1000)
+        ch_runs.record_run_start(c, BT, "{}", "backtest", now_ms=(D2 + 10 * H) * 1000)  # replayed afterwards
         w = ch.ClickHouseWriter(c, BT)
         w.add("trades", BT_TRADES)
         # the backtest's own fills must not leak into the live run's fill slippage

@@ -15,20 +15,34 @@ import time
 import uuid
 from pathlib import Path
 
+import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-import bytewax.operators as op
 from bytewax.testing import TestingSink, run_main
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from connectors.barfile import BarFileSource, frame_to_columns
-from connectors.embedded_kafka import EmbeddedKafka, kafka_bootstrap_or_embedded
-from connectors.kafka import (
-    BarProducer, BarsRecord, DecodeError, KafkaBarSource, KafkaUnavailable, TopicChanged, TopicMissing,
-    WatermarkRecord, decode_record, encode_bar, encode_watermark, ensure_topic, publish_columns,
-    publish_plan, topic_identity, topic_partitions,
+from connectors.files.barfile import BarFileSource, frame_to_columns
+from connectors.kafka.admin import (
+    KafkaUnavailable,
+    TopicChanged,
+    TopicMissing,
+    ensure_topic,
+    topic_identity,
+    topic_partitions,
 )
+from connectors.kafka.codec import (
+    BarsRecord,
+    DecodeError,
+    WatermarkRecord,
+    decode_record,
+    encode_bar,
+    encode_watermark,
+)
+from connectors.kafka.embedded import EmbeddedKafka, kafka_bootstrap_or_embedded
+from connectors.kafka.producer import BarProducer
+from connectors.kafka.publish import publish_columns, publish_plan
+from connectors.kafka.source import KafkaBarSource
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.types import Bar
 
@@ -147,7 +161,7 @@ def test_topic_identity_changes_when_the_topic_is_recreated(kafka, topic):
 
 @pytest.mark.parametrize("records,min_rows", [("bar", None), ("bars", None), ("bars", 1000)])
 def test_published_file_lands_by_symbol_with_markers_in_every_partition(kafka, topic, records, min_rows):
-    from connectors.synthetic import generate_bars
+    from connectors.files.synthetic import generate_bars
 
     bs = kafka.bootstrap
     df = generate_bars(symbols=7, days=1, seed=3)
@@ -345,7 +359,7 @@ def test_a_prefetched_partition_starts_from_the_beginning_with_the_consumer_star
 
 def test_kafka_replay_trades_like_the_file_backtest(kafka, topic):
     """The whole flow over Kafka (3 partitions) decides what it decides over the file."""
-    from connectors.synthetic import generate_bars
+    from connectors.files.synthetic import generate_bars
     from dataflows.flow import FlowSettings, build_flow
     from operators.config import TradingConfig
     from operators.types import PortfolioOutput, SymbolOutput

@@ -12,11 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.barfile import frame_to_columns
-from connectors.kafka import (
-    BarsRecord, DecodeError, encode_bars, WatermarkRecord, decode_record, encode_bar, encode_dead_letter, encode_watermark,
-    publish_plan,
+from connectors.files.barfile import frame_to_columns
+from connectors.kafka.codec import (
+    BarsRecord,
+    DecodeError,
+    WatermarkRecord,
+    decode_record,
+    encode_bar,
+    encode_bars,
+    encode_dead_letter,
+    encode_watermark,
 )
+from connectors.kafka.publish import publish_plan
 from operators.types import Bar
 
 T0 = 1704205800  # 2024-01-02T14:30:00Z

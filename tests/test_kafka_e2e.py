@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from connectors.embedded_kafka import EmbeddedKafka
+from connectors.kafka.embedded import EmbeddedKafka
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUTS = [sys.executable, "-m", "dataflows.cli"]
@@ -266,8 +266,8 @@ def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(bro
             proc.wait()
     assert proc.returncode == 130, proc.stderr.read()
     # exported in a process of its own: chDB opens one directory per process
-    subprocess.run([sys.executable, "-c", "import sys; from connectors import analytics; "
-                    "from connectors.clickhouse import open_client; "
+    subprocess.run([sys.executable, "-c", "import sys; from connectors.clickhouse import analytics; "
+                    "from connectors.clickhouse.client import open_client; "
                     "analytics.export_csv(open_client(sys.argv[1]), 'same', sys.argv[2])",
                     f"chdb://{ch}", str(tmp_path / "out")], cwd=ROOT, check=True)
     assert (tmp_path / "out" / "trades.csv").read_bytes() == (file_results / "trades.csv").read_bytes()

@@ -10,14 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaError as ConfluentKafkaError, Message
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import connectors.kafka as kafka_mod
-from connectors.kafka import (
-    BarsRecord, KafkaBarSource, WatermarkRecord, decode_record, encode_bar, encode_bars, encode_watermark,
+import connectors.kafka.columns as kafka_columns
+import connectors.kafka.partition as kafka_mod
+from connectors.kafka.codec import (
+    BarsRecord,
+    WatermarkRecord,
+    decode_record,
+    encode_bar,
+    encode_bars,
+    encode_watermark,
 )
+from connectors.kafka.source import KafkaBarSource
 from operators.columnar import BarBlock
 from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.symbol_stage import bar_payload
@@ -28,7 +36,6 @@ T0 = 1704205800  # 2024-01-02T14:30:00Z
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_kafka_codec import MALFORMED, RECORDED_BAR, _bar_json, bar  # noqa: E402
-
 
 # ------------------------------------------------------------------ fast path = reference
 # `_BarPartition.next_batch` decodes with msgspec and builds columns directly;
@@ -133,7 +140,7 @@ class ReferencePartition:
         items, seq = [], self.seq
         for symbol, (bars, offsets, dead) in groups.items():
             symbol = "" if symbol is None else symbol
-            block = _reference_block(symbol, bars) if bars else kafka_mod._empty_block(symbol)
+            block = _reference_block(symbol, bars) if bars else kafka_columns._empty_block(symbol)
             items.append(Chunk(p, seq, symbol, block, offsets, prefix, dead))
             seq += 1
         if watermark > start:

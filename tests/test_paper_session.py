@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.embedded_kafka import EmbeddedKafka
-from connectors.kafka import BarProducer, ensure_topic
-from connectors.synthetic import generate_bars, write_bars
+from connectors.files.synthetic import generate_bars, write_bars
+from connectors.kafka.admin import ensure_topic
+from connectors.kafka.embedded import EmbeddedKafka
+from connectors.kafka.producer import BarProducer
 from operators.types import Bar, iso
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -284,7 +285,7 @@ def test_halt_flatten_closes_every_position_and_five_rejections_halt(kafka, tmp_
         s.stop()
     finally:
         s.close()
-    from connectors.clickhouse import close_clients, open_client
+    from connectors.clickhouse.client import close_clients, open_client
     try:
         ch = open_client(s.dsn)
         controls = ch.query("SELECT who, action FROM thousandcuts.controls FINAL "

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from connectors.reconcile import (
-    FOREIGN_ORDER, MATCH, MISSING_POSITION, QTY_MISMATCH, UNKNOWN_POSITION, blocked_symbols,
-    expected_by_symbol, format_report, reconcile,
+from connectors.alpaca.reconcile import (
+    FOREIGN_ORDER,
+    MATCH,
+    MISSING_POSITION,
+    QTY_MISMATCH,
+    UNKNOWN_POSITION,
+    blocked_symbols,
+    expected_by_symbol,
+    format_report,
+    reconcile,
 )
 
 RUN = "live-1"
@@ -109,10 +116,11 @@ from alpaca.trading.client import TradingClient  # noqa: E402
 from alpaca.trading.enums import OrderSide, TimeInForce  # noqa: E402
 from alpaca.trading.requests import MarketOrderRequest  # noqa: E402
 
-from connectors import clickhouse as ch  # noqa: E402
-from connectors.broker import AlpacaBroker, to_protection_request  # noqa: E402
-from dataflows import reconcile_command as rc  # noqa: E402
-from dataflows.cli import main as cuts  # noqa: E402
+from connectors.alpaca.broker import AlpacaBroker, to_protection_request  # noqa: E402
+from connectors.clickhouse import client as ch  # noqa: E402
+from connectors.clickhouse import reconciliations as rc  # noqa: E402
+from dataflows import reconciliation  # noqa: E402
+from dataflows.cli.main import main as cuts  # noqa: E402
 from operators.types import BUY, SELL, Fill  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the local Alpaca server lives beside the tests
@@ -171,14 +179,14 @@ def test_unclear_symbols_now_reads_broker_and_clickhouse_and_honours_decisions(s
     broker.submit(to_protection_request(RUN, "s1.AAPL.1.entry", "AAPL", 10, 95.0, 110.0))
     tc.submit_order(MarketOrderRequest(symbol="NVDA", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
                                        client_order_id="by-hand-1"))
-    report, blocked = rc.unclear_symbols_now(tc, client, RUN)
+    report, blocked = reconciliation.unclear_symbols_now(tc, client, RUN)
     assert {s.symbol: s.status for s in report.symbols} == {
         "AAPL": MATCH, "IBM": UNKNOWN_POSITION, "MSFT": QTY_MISMATCH, "NVDA": FOREIGN_ORDER}
     assert blocked == {"IBM", "MSFT", "NVDA"}
     rc.record_decisions(client, report, ["MSFT"], "adopt", "ann", "bought by hand", now_ms=1)
     rc.record_decisions(client, report, ["IBM"], "none", "ann", "looked", now_ms=2)
     assert rc.decided_symbols(client, RUN) == {"IBM": "none", "MSFT": "adopt"}
-    assert rc.unclear_symbols_now(tc, client, RUN)[1] == {"IBM", "NVDA"}
+    assert reconciliation.unclear_symbols_now(tc, client, RUN)[1] == {"IBM", "NVDA"}
 
 
 def test_orders_of_a_long_run_id_with_hashed_client_ids_are_the_runs(server, dsn):
@@ -194,7 +202,7 @@ def test_orders_of_a_long_run_id_with_hashed_client_ids_are_the_runs(server, dsn
     placed = AlpacaBroker(tc, run).submit_order(entry)
     assert not placed.client_order_id.startswith(f"{run}.")
     assert placed.client_order_id in rc.run_order_ids(client, run)
-    report, blocked = rc.unclear_symbols_now(tc, client, run)
+    report, blocked = reconciliation.unclear_symbols_now(tc, client, run)
     assert report.get("AAPL").status == MATCH and report.get("AAPL").our_orders == (placed.client_order_id,)
     assert blocked == set()
 
@@ -232,7 +240,7 @@ def test_cli_reports_mismatch_with_exit_3_then_flatten_closes_and_unblocks(serve
                         f"ORDER BY decided_at").result_rows
     assert rows == [("unknown_position", 4.0, 0.0, "none", "ann", "start-up check"),
                     ("unknown_position", 4.0, 0.0, "flatten", "ann", "not ours: close it")]
-    report, blocked = rc.unclear_symbols_now(tc, client, RUN)
+    report, blocked = reconciliation.unclear_symbols_now(tc, client, RUN)
     assert blocked == set() and report.clean
     ch.close_clients()
     assert cuts(base + ["--why", "again"]) == 0

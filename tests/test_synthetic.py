@@ -1,11 +1,11 @@
-"""Rules pinned for the synthetic minute-bar generator (connectors/synthetic.py)."""
+"""Rules pinned for the synthetic minute-bar generator (connectors/files/synthetic.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.synthetic import COLUMNS, generate_bars, write_bars
+from connectors.files.synthetic import COLUMNS, generate_bars, write_bars
 
 NY = "America/New_York"
 

@@ -19,13 +19,18 @@ from bytewax.testing import TestingSink, run_main
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from kafka import KafkaProducer
 
-from connectors.broker import client_order_id, to_protection_request
-from connectors.embedded_kafka import EmbeddedKafka
-from connectors.kafka_admin import KafkaUnavailable, TopicChanged
-from connectors.trade_relay import AlpacaAuthFailed, TradeUpdateRelay, TradeUpdatesWriter
-from connectors.trade_source import TradeUpdateSource
-from connectors.trade_updates import TradeMarker, decode_trade_record
-from operators.ordering import END_OF_TIME, TRADE_UPDATES_PARTITION_BASE as BASE, BrokerEvent, Watermark
+from connectors.alpaca.broker import client_order_id, to_protection_request
+from connectors.alpaca.trade_relay import (
+    AlpacaAuthFailed,
+    TradeUpdateRelay,
+    TradeUpdatesWriter,
+)
+from connectors.kafka.admin import KafkaUnavailable, TopicChanged
+from connectors.kafka.embedded import EmbeddedKafka
+from connectors.kafka.trade_source import TradeUpdateSource
+from connectors.kafka.trade_topic import TradeMarker, decode_trade_record
+from operators.ordering import END_OF_TIME, BrokerEvent, Watermark
+from operators.ordering import TRADE_UPDATES_PARTITION_BASE as BASE
 from operators.types import TradeUpdate
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,4 +1,4 @@
-"""The trade_updates topic's pure half (connectors/trade_updates.py) on
+"""The trade_updates topic's pure half (connectors/alpaca/trade_updates.py) on
 payloads recorded from the local Alpaca (tests/recorded/alpaca_trade_updates.json:
 run `live1`, an entry filled in two parts, its protective OCO, a trailing
 replace of the stop leg, the stop leg filled, a foreign order, a rejection)."""
@@ -12,9 +12,19 @@ import pytest
 from alpaca.trading.models import Order as AlpacaOrder
 from alpaca.trading.models import TradeUpdate as AlpacaTradeUpdate
 
-from connectors.trade_updates import (
-    DecodeError, TradeMarker, catch_up_updates, decode_trade_record, encode_trade_marker,
-    encode_trade_update, epoch_seconds, order_id_of, submit_failure, to_trade_update,
+from connectors.alpaca.trade_updates import (
+    catch_up_updates,
+    order_id_of,
+    submit_failure,
+    to_trade_update,
+)
+from connectors.kafka.codec import DecodeError
+from connectors.kafka.trade_topic import (
+    TradeMarker,
+    decode_trade_record,
+    encode_trade_marker,
+    encode_trade_update,
+    epoch_seconds,
 )
 from operators.types import TradeUpdate
 

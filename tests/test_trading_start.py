@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from alpaca.trading.client import TradingClient
 
-from connectors import clickhouse as ch
-from connectors.broker import AlpacaBroker
-from dataflows.reconcile_command import unclear_symbols_now
+from connectors.alpaca.broker import AlpacaBroker
+from connectors.clickhouse import client as ch
+from dataflows.reconciliation import unclear_symbols_now
 from dataflows.trading import in_flight_fills
 from operators.types import BUY, Fill, Order
 
@@ -79,7 +79,7 @@ def test_the_broker_clock_is_read_every_refresh_and_advanced_locally_between():
 ])
 def test_a_trading_run_that_cannot_start_says_why_in_one_line_with_exit_2(monkeypatch, capsys, tmp_path,
                                                                            args, env, needle):
-    from dataflows.cli import main
+    from dataflows.cli.main import main
 
     monkeypatch.setenv("ALPACA_API_KEY", "k")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "s")

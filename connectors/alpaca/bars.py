@@ -4,8 +4,8 @@
 `parse_symbols`, `read_symbols`, `parse_bar` (stream message, REST dict or
 alpaca-py `Bar` -> `Bar`), `parse_timeframe`, `parse_time_arg`,
 `plan_windows`, `symbol_groups`, `Backoff`, `RequestWindow`, `bars_frame`.
-The I/O that uses them: `connectors.alpaca_history` (REST) and
-`connectors.alpaca_stream` (websocket).
+The I/O that uses them: `connectors.alpaca.history` (REST) and
+`connectors.alpaca.stream` (websocket).
 
 Errors: `SymbolsError`, `BackfillArgumentError`: fix the command (one line,
 exit 2); `BarDecodeError`: a bar message that is not a bar (dead letter).
@@ -23,7 +23,7 @@ import msgpack
 import pandas as pd
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
-from connectors.alpaca_errors import BackfillArgumentError, SymbolsError  # noqa: F401 - re-exported
+from connectors.alpaca.errors import BackfillArgumentError, SymbolsError  # noqa: F401 - re-exported
 from operators.bars import SYMBOL_RE
 from operators.types import Bar
 

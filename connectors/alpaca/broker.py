@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-
-import requests
 from dataclasses import dataclass
 
+import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
 from alpaca.trading.requests import (
-    LimitOrderRequest, MarketOrderRequest, ReplaceOrderRequest, StopLossRequest, TakeProfitRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    ReplaceOrderRequest,
+    StopLossRequest,
+    TakeProfitRequest,
 )
 
 from operators.types import BUY, Order

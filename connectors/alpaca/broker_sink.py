@@ -37,9 +37,16 @@ import requests
 from alpaca.common.exceptions import APIError
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.broker import (
-    AlpacaBroker, BrokerError, BrokerRejected, BrokerRetriable, Submitted, client_order_id,
-    to_protection_request, to_stop_replace, to_tick,
+from connectors.alpaca.broker import (
+    AlpacaBroker,
+    BrokerError,
+    BrokerRejected,
+    BrokerRetriable,
+    Submitted,
+    client_order_id,
+    to_protection_request,
+    to_stop_replace,
+    to_tick,
 )
 from operators.types import BUY, SELL, Order, TradeUpdate
 

@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from alpaca.common.exceptions import APIError
 from alpaca.trading.requests import GetCalendarRequest
 
-from connectors.alpaca_errors import CalendarUnavailable  # noqa: F401 - re-exported
+from connectors.alpaca.errors import CalendarUnavailable  # noqa: F401 - re-exported
 from operators.calendar import NEW_YORK
 
 

@@ -1,7 +1,7 @@
 """Alpaca historical bars (REST): `cuts backfill`, and the stream's gap filler.
 
 The I/O half; the pure half (parsing, time arguments, window planning,
-backoff, the request window) is `connectors.alpaca_bars`.
+backoff, the request window) is `connectors.alpaca.bars`.
 
 `AlpacaHistory` (alpaca-py `StockHistoricalDataClient` with a request
 limiter, timeouts and typed errors), `backfill` (chunked download), and the
@@ -10,7 +10,7 @@ two sinks: `FileSink` (Parquet/CSV with Alpaca bar columns, read by
 as `cuts publish` writes a file: `connectors.kafka.publish_columns`).
 
 Errors, by what to do next:
-  `SymbolsError`, `BackfillArgumentError` (`connectors.alpaca_bars`): fix
+  `SymbolsError`, `BackfillArgumentError` (`connectors.alpaca.bars`): fix
       the command (one line, exit 2);
   `AlpacaRejected`: Alpaca refused the request (bad credentials, plan, bad
       parameter): retrying cannot help, stop;
@@ -35,9 +35,18 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
 
-from connectors.alpaca_errors import AlpacaRejected, AlpacaUnavailable  # noqa: F401 - re-exported
-from connectors.alpaca_bars import (BackfillArgumentError, Backoff, BarDecodeError, RequestWindow,
-                                    bars_frame, parse_bar, parse_timeframe, plan_windows, symbol_groups)
+from connectors.alpaca.bars import (
+    BackfillArgumentError,
+    Backoff,
+    BarDecodeError,
+    RequestWindow,
+    bars_frame,
+    parse_bar,
+    parse_timeframe,
+    plan_windows,
+    symbol_groups,
+)
+from connectors.alpaca.errors import AlpacaRejected, AlpacaUnavailable  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +184,8 @@ class KafkaSink:
     """Bars to the bars topic with the markers `cuts publish` writes."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, records: str = "bars"):
-        from connectors.kafka import BarProducer, ensure_topic
+        from connectors.kafka.admin import ensure_topic
+        from connectors.kafka.producer import BarProducer
 
         self.records = records
         self.partitions = ensure_topic(bootstrap, topic, partitions)
@@ -183,8 +193,8 @@ class KafkaSink:
         self.markers = 0
 
     def write(self, bars: list) -> None:
-        from connectors.barfile import frame_to_columns
-        from connectors.kafka import publish_columns
+        from connectors.files.barfile import frame_to_columns
+        from connectors.kafka.publish import publish_columns
 
         _, markers = publish_columns(self.producer, frame_to_columns(bars_frame(bars), "backfill"),
                                      records=self.records)

@@ -2,11 +2,11 @@
 
 `run_stream(settings, stop)` streams until `stop` (a `threading.Event`) is
 set, then flushes the producer and closes the stream. The alpaca-py stream
-(`connectors.alpaca_stream.BarStream`) runs on its own thread and only
+(`connectors.alpaca.stream.BarStream`) runs on its own thread and only
 decodes and queues; this thread owns the Kafka producer, so stream bars,
 backfilled bars and markers leave in the order decided here: events are
-drained first, then `MinuteCompleter.step` (`connectors.alpaca_minutes`)
-decides (backfill the exposed minutes with `connectors.alpaca_history`,
+drained first, then `MinuteCompleter.step` (`connectors.alpaca.minutes`)
+decides (backfill the exposed minutes with `connectors.alpaca.history`,
 then write the marker), then the watchdog and the periodic counts.
 Undecodable messages go to the dead-letter topic. Design: docs/streaming.md.
 """
@@ -19,10 +19,21 @@ import threading
 import time
 from typing import Callable
 
-from connectors.alpaca_bars import Backoff
-from connectors.alpaca_history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable
-from connectors.alpaca_minutes import MinuteCompleter, SentBars, StreamCounters, is_stale, resume_from
-from connectors.alpaca_stream import BarStream, StreamRejected, StreamSettings, message_json
+from connectors.alpaca.bars import Backoff
+from connectors.alpaca.history import AlpacaHistory, AlpacaRejected, AlpacaUnavailable
+from connectors.alpaca.minutes import (
+    MinuteCompleter,
+    SentBars,
+    StreamCounters,
+    is_stale,
+    resume_from,
+)
+from connectors.alpaca.stream import (
+    BarStream,
+    StreamRejected,
+    StreamSettings,
+    message_json,
+)
 from operators.types import iso
 
 log = logging.getLogger(__name__)
@@ -36,7 +47,7 @@ class _DeadLetters:
     def __init__(self, bootstrap: str, topic: str, feed: str):
         from kafka import KafkaProducer
 
-        from connectors.kafka import KafkaUnavailable, ensure_topic
+        from connectors.kafka.admin import KafkaUnavailable, ensure_topic
 
         ensure_topic(bootstrap, topic, 1)
         self.topic, self.origin = topic, f"alpaca/{feed}"
@@ -49,7 +60,7 @@ class _DeadLetters:
                                    f"producer: {type(exc).__name__}: {exc}") from None
 
     def send(self, reason: str, raw: bytes, n: int) -> None:
-        from connectors.kafka import encode_dead_letter
+        from connectors.kafka.codec import encode_dead_letter
 
         key, value = encode_dead_letter("undecodable", self.origin, 0, n, None, raw, detail=reason)
         self._producer.send(self.topic, key=key, value=value).add_errback(
@@ -207,8 +218,9 @@ def run_stream(s: StreamSettings, stop: threading.Event,
                clock: Callable[[], float] = time.time) -> StreamCounters:
     """Stream until `stop` is set (then flush and close; counters returned).
     Raises `StreamRejected` (fatal Alpaca error), Kafka connector errors."""
-    from connectors.kafka import BarProducer, ensure_topic
-    from connectors.kafka_resume import read_resume_point
+    from connectors.kafka.admin import ensure_topic
+    from connectors.kafka.producer import BarProducer
+    from connectors.kafka.resume import read_resume_point
 
     ensure_topic(s.bootstrap, s.topic, s.partitions)
     resume = read_resume_point(s.bootstrap, s.topic)

@@ -4,8 +4,8 @@ are arguments, nothing here reads a clock).
 `subscribe_batches`, `in_regular_session`, `MinuteCompleter` (when a minute
 is complete, which minutes need a backfill first), `resume_from` (where a
 restart picks up), `SentBars`, `is_stale`,
-`StreamCounters`. The I/O half: `connectors.alpaca_stream` (the websocket)
-and `connectors.alpaca_live` (the loop). Design: docs/streaming.md.
+`StreamCounters`. The I/O half: `connectors.alpaca.stream` (the websocket)
+and `connectors.alpaca.live` (the loop). Design: docs/streaming.md.
 """
 from __future__ import annotations
 

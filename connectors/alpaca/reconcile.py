@@ -1,6 +1,7 @@
 """Reconciliation, pure half: what the broker holds against what a run
-believes, one status per symbol. No I/O here: `dataflows.reconcile_command`
-reads ClickHouse and Alpaca, records decisions and runs `cuts reconcile`.
+believes, one status per symbol. No I/O here: `dataflows.reconciliation`
+reads the account (`connectors.alpaca.account`) and the run's records
+(`connectors.clickhouse.reconciliations`); `cuts reconcile` records decisions.
 
 Statuses (one per symbol; a symbol appears when either side has a position or
 an open order on it):
@@ -106,7 +107,7 @@ def expected_by_symbol(positions: Mapping[tuple[str, str], Any]) -> dict[str, in
 
 def is_run_order(client_order_id: str | None, run_id: str, known_order_ids: Iterable[str] = ()) -> bool:
     """An order is the run's when its client_order_id starts with `{run_id}.`
-    (connectors.broker.client_order_id) or is one of `known_order_ids`."""
+    (connectors.alpaca.broker.client_order_id) or is one of `known_order_ids`."""
     if not client_order_id:
         return False
     return client_order_id.startswith(f"{run_id}.") or client_order_id in known_order_ids

@@ -6,9 +6,9 @@ plus a `_FrameTap` on its websocket), so that Alpaca's error codes are seen
 as data, subscriptions go out in batches and frames it would drop become
 dead letters. `StreamSettings` configures it and the loop.
 
-The pure rules are `connectors.alpaca_minutes` (completion, staleness,
-batches, counters) and `connectors.alpaca_bars` (`parse_bar`, `Backoff`).
-The loop that owns the Kafka producer is `connectors.alpaca_live.run_stream`.
+The pure rules are `connectors.alpaca.minutes` (completion, staleness,
+batches, counters) and `connectors.alpaca.bars` (`parse_bar`, `Backoff`).
+The loop that owns the Kafka producer is `connectors.alpaca.live.run_stream`.
 Design: docs/streaming.md.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ import msgpack
 import websockets
 from alpaca.data.live import StockDataStream
 
-from connectors.alpaca_bars import Backoff, BarDecodeError, parse_bar
-from connectors.alpaca_errors import StreamRejected  # noqa: F401 - re-exported
-from connectors.alpaca_minutes import in_regular_session, subscribe_batches
+from connectors.alpaca.bars import Backoff, BarDecodeError, parse_bar
+from connectors.alpaca.errors import StreamRejected  # noqa: F401 - re-exported
+from connectors.alpaca.minutes import in_regular_session, subscribe_batches
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The `trade_updates` topic's writers (I/O half; mapping and record format:
-`connectors.trade_updates`).
+`connectors.alpaca.trade_updates`).
 
 `TradeUpdatesWriter` (kafka-python, acks=all, idempotent): updates keyed by
 symbol, markers to every partition; each call returns once acknowledged. The
@@ -19,7 +19,7 @@ relay first catches up from the order list (`catch_up_updates` over
 does not replay events sent while nobody listened; the order list is the truth.
 
 Errors (typed; nothing here branches on message text): the writer's Kafka
-errors are `connectors.kafka_admin`'s (`KafkaUnavailable`, `KafkaRejected`,
+errors are `connectors.kafka.admin`'s (`KafkaUnavailable`, `KafkaRejected`,
 `TopicMissing`); `AlpacaAuthFailed` (an `AlpacaRejected`): the keys were
 refused (REST 401 / 403, or the stream's `unauthorized`): stop, check them;
 `AlpacaUnavailable`: the stream did not listen, or the clock or order list
@@ -43,13 +43,12 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 from kafka import KafkaProducer
 
-from connectors.alpaca_history import AlpacaUnavailable
-from connectors.kafka_admin import _typed, ensure_topic, topic_partitions
-from connectors.kafka_codec import _one_line
-from connectors.trade_stream import AlpacaAuthFailed, RelayStream  # noqa: F401 (re-exported)
-from connectors.trade_updates import (
-    catch_up_updates, encode_trade_marker, encode_trade_update, to_trade_update,
-)
+from connectors.alpaca.history import AlpacaUnavailable
+from connectors.alpaca.trade_stream import AlpacaAuthFailed, RelayStream  # noqa: F401 (re-exported)
+from connectors.alpaca.trade_updates import catch_up_updates, to_trade_update
+from connectors.kafka.admin import _typed, ensure_topic, topic_partitions
+from connectors.kafka.codec import _one_line
+from connectors.kafka.trade_topic import encode_trade_marker, encode_trade_update
 from operators.types import TradeUpdate
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ class TradeUpdateRelay:
     `stream_factory(events)` (an object with run() and shutdown() putting the
     `RelayStream` events on `events`), `wall()` (monotonic seconds).
     `on_update(update)` runs after each live update is written (e.g.
-    `connectors.broker_sink.ProtectOnFill`); its errors are logged only.
+    `connectors.alpaca.broker_sink.ProtectOnFill`); its errors are logged only.
     `since`: orders submitted after it are caught up (default: `catch_up_s`
     before the broker's time at start)."""
 

@@ -1,6 +1,6 @@
 """alpaca-py's `TradingStream` as the trade-updates relay needs it (raw
 messages onto a queue, a bounded authentication, a stop that works at once).
-Used by `connectors.trade_relay`."""
+Used by `connectors.alpaca.trade_relay`."""
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +11,8 @@ import queue
 import websockets
 from alpaca.trading.stream import TradingStream
 
-from connectors.alpaca_history import AlpacaRejected
-from connectors.kafka_codec import _one_line
+from connectors.alpaca.history import AlpacaRejected
+from connectors.kafka.codec import _one_line
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import math
 import os
 from typing import Any, Literal
 
-from connectors.clickhouse import DATABASE
+from connectors.clickhouse.schema import DATABASE
 
 DEFAULT_INITIAL_CASH = 100_000.0
 NY = "America/New_York"

@@ -1,19 +1,11 @@
-"""ClickHouse storage for runs, bars, signals, orders, fills, trades, equity,
-rejections and dead letters; thin over clickhouse-connect.
+"""ClickHouse connections and writes (I/O), thin over clickhouse-connect:
+`open_client` (one client per DSN and process), `ensure_schema`,
+`insert_columns`, `ClickHouseWriter` (buffered columnar inserts) and the
+process's shared writers. The tables are `connectors.clickhouse.schema`.
 
 Always accessed through clickhouse-connect, with the same code for both
 targets: `chdb:///abs/dir` (the in-process chDB engine) or
 `http(s)://host:8123` (a server).
-
-Two halves:
-- pure mapping (`TABLES`, `to_columns`): domain events -> column lists, tested
-  without a database;
-- I/O (`open_client`, `ensure_schema`, `ClickHouseWriter`, `ClickHouseSink`,
-  run bookkeeping).
-
-Idempotence: every table is a ReplacingMergeTree whose ORDER BY is the row's
-deterministic identity, with `run_id` first, so a replayed run (at-least-once
-delivery after a restart) overwrites instead of duplicating; read with FINAL.
 
 chDB facts (chdb 4.4, clickhouse-connect 0.x/1.x, measured):
 - One engine directory per *process*: opening a second, different directory
@@ -34,135 +26,27 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from operator import attrgetter
-from typing import Any, Iterable
+from typing import Any
 
 import clickhouse_connect
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
-from operators.types import PortfolioOutput, SymbolOutput
+from connectors.clickhouse.schema import (
+    DATABASE,
+    RUNS_COLUMNS,
+    TABLES,
+    column_types,
+    ddl,
+    to_columns,
+)
 
 log = logging.getLogger(__name__)
-
-DATABASE = "thousandcuts"
-TS = "DateTime64(3, 'UTC')"
 
 
 class ClickHouseUnavailable(Exception):
     """ClickHouse cannot be reached: server down or unreachable, or a chDB
     directory held by another process (or another directory already open in
     this one). Retry with backoff, or stop with this message."""
-
-
-# ---------------------------------------------------------------- pure mapping
-# table -> (columns [(name, type, kind)], ORDER BY key). kind: "s" plain
-# attribute, "t" epoch seconds -> ms ticks, "r" filtered_reason ('' if None).
-_F, _S, _I = "Float64", "String", "Int64"
-TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
-    "bars": ([("symbol", _S, "s"), ("ts", TS, "t"), ("open", _F, "s"), ("high", _F, "s"),
-              ("low", _F, "s"), ("close", _F, "s"), ("volume", _F, "s"),
-              ("trade_count", "Nullable(Float64)", "s"), ("vwap", "Nullable(Float64)", "s")],
-             ("symbol", "ts")),
-    "signals": ([("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"), ("ts", TS, "t"),
-                 ("price", _F, "s"), ("confidence", _F, "s"), ("take_profit_pct", _F, "s"),
-                 ("stop_loss_pct", _F, "s"), ("risk_reward", _F, "s"), ("filtered_reason", _S, "r")],
-                ("symbol", "ts", "strategy_id", "side")),
-    "orders": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),
-                ("qty", _I, "s"), ("decided_ts", TS, "t"), ("decision_price", _F, "s"), ("intent", _S, "s"),
-                ("stop_price", _F, "s"), ("target_price", _F, "s"), ("parent_id", _S, "s"),
-                ("oco_id", _S, "s")],
-               # live: an entry's cancel, its OCO's protect and trail requests share ids
-               ("order_id", "intent", "decided_ts")),
-    "fills": ([("order_id", _S, "s"), ("strategy_id", _S, "s"), ("symbol", _S, "s"), ("side", _S, "s"),
-               ("qty", _I, "s"), ("ts", TS, "t"), ("price", _F, "s"), ("commission", _F, "s"),
-               ("reason", _S, "s")],
-              ("order_id", "ts", "qty", "price")),  # live: an order may fill in parts
-    "trades": ([("trade_id", _S, "s"), ("symbol", _S, "s"), ("strategy_id", _S, "s"), ("qty", _I, "s"),
-                ("entry_time", TS, "t"), ("entry_price", _F, "s"), ("exit_time", TS, "t"),
-                ("exit_price", _F, "s"), ("exit_reason", _S, "s"), ("pnl", _F, "s"),
-                ("return_pct", _F, "s"), ("commission", _F, "s")],
-               ("trade_id",)),
-    "equity": ([("ts", TS, "t"), ("cash", _F, "s"), ("equity", _F, "s"), ("open_positions", _I, "s"),
-                ("exposure", _F, "s")],
-               ("ts",)),
-    "rejections": ([("strategy_id", _S, "s"), ("symbol", _S, "s"), ("ts", TS, "t"), ("reason", _S, "s"),
-                    ("price", _F, "s"), ("detail", _S, "s")],
-                   ("strategy_id", "symbol", "ts")),
-    "dead_letters": ([("source", _S, "s"), ("symbol", _S, "s"), ("ts", TS, "t"), ("reason", _S, "s"),
-                      ("payload", _S, "s")],
-                     ("source", "symbol", "ts", "reason")),
-    # kill switch: halts and resumes the portfolio obeyed, with who and why
-    "controls": ([("control_id", _S, "s"), ("action", _S, "s"), ("flatten", "Bool", "s"), ("ts", TS, "t"),
-                  ("who", _S, "s"), ("why", _S, "s"), ("exits_queued", _I, "s"),
-                  ("entries_canceled", _I, "s")],
-                 ("control_id",)),
-    # live / paper: what was sent to the broker, its answer and how long it took
-    "broker_orders": ([("order_id", _S, "s"), ("client_order_id", _S, "s"), ("intent", _S, "s"),
-                       ("symbol", _S, "s"), ("side", _S, "s"), ("qty", _I, "s"), ("decided_ts", TS, "t"),
-                       ("decision_price", _F, "s"), ("broker_order_id", _S, "s"), ("status", _S, "s"),
-                       ("adopted", "Bool", "s"), ("detail", _S, "s"), ("acked_at_ms", _I, "s"),
-                       ("decision_lag_ms", _F, "s"), ("submit_ms", _F, "s")],
-                      ("client_order_id", "intent", "decided_ts")),
-}
-RUNS_COLUMNS: list[tuple[str, str]] = [
-    ("run_id", _S), ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"),
-    ("bar_count", "UInt64"), ("mode", _S), ("status", _S), ("version", "UInt64")]
-
-
-def column_names(table: str) -> list[str]:
-    return ["run_id"] + [c[0] for c in TABLES[table][0]]
-
-
-def column_types(table: str) -> list[str]:
-    return ["String"] + [c[1] for c in TABLES[table][0]]
-
-
-def to_columns(table: str, run_id: str, events: list) -> dict[str, list]:
-    """Column name -> values for `events` (all of `table`'s type) of a run.
-    Timestamps become epoch-millisecond ints (DateTime64(3) ticks)."""
-    cols: dict[str, list] = {"run_id": [run_id] * len(events)}
-    for name, _type, kind in TABLES[table][0]:
-        values = list(map(attrgetter(name), events))
-        if kind == "t":
-            values = [v * 1000 for v in values]
-        elif kind == "r":
-            values = [v or "" for v in values]
-        cols[name] = values
-    return cols
-
-
-def bar_block_columns(run_id: str, block) -> dict[str, list]:
-    """The `bars` table's columns from an `operators.columnar.BarBlock`."""
-    n = len(block)
-    return {
-        "run_id": [run_id] * n, "symbol": [block.symbol] * n, "ts": (block.ts * 1000).tolist(),
-        "open": block.open.tolist(), "high": block.high.tolist(), "low": block.low.tolist(),
-        "close": block.close.tolist(), "volume": block.volume.tolist(),
-        "trade_count": _nullable(block.trade_count, n), "vwap": _nullable(block.vwap, n),
-    }
-
-
-def _nullable(values, n: int) -> list:
-    if values is None:
-        return [None] * n
-    out = values.tolist()
-    if any(v != v for v in out):  # NaN means absent
-        out = [None if v != v else v for v in out]
-    return out
-
-
-def ddl(table: str, database: str = DATABASE) -> str:
-    """CREATE TABLE IF NOT EXISTS statement of one table."""
-    if table == "runs":
-        cols, order, engine = RUNS_COLUMNS, ("run_id",), "ReplacingMergeTree(version)"
-    else:
-        cols = [("run_id", _S)] + [(n, t) for n, t, _ in TABLES[table][0]]
-        order, engine = ("run_id",) + TABLES[table][1], "ReplacingMergeTree"
-    body = ",\n  ".join(f"`{n}` {t}" for n, t in cols)
-    return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n  {body}\n) "
-            f"ENGINE = {engine} ORDER BY ({', '.join(order)})")
 
 
 def normalise_dsn(dsn: str) -> str:
@@ -332,59 +216,7 @@ class ClickHouseWriter:
             self.written[table] = self.written.get(table, 0) + len(batch["run_id"])
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _run_row(client, run_id: str, database: str) -> dict | None:
-    res = client.query(
-        f"SELECT config_json, toUnixTimestamp64Milli(started_at), mode, version "
-        f"FROM `{database}`.runs FINAL WHERE run_id = {{run_id:String}}",
-        parameters={"run_id": run_id})
-    if not res.result_rows:
-        return None
-    config_json, started, mode, version = res.result_rows[0]
-    return {"config_json": config_json, "started_at": started, "mode": mode, "version": version}
-
-
-def record_run_start(client, run_id: str, config_json: str, mode: str, *,
-                     now_ms: int | None = None, database: str = DATABASE) -> None:
-    """Row `status='running'`; a restarted run keeps its first started_at."""
-    now = _now_ms() if now_ms is None else now_ms
-    prev = _run_row(client, run_id, database)
-    started = prev["started_at"] if prev else now
-    version = max(now, prev["version"] + 1) if prev else now
-    insert_columns(client, "runs", {
-        "run_id": [run_id], "config_json": [config_json], "started_at": [started],
-        "finished_at": [None], "bar_count": [0], "mode": [mode], "status": ["running"],
-        "version": [version]}, database)
-
-
-def record_run_end(client, run_id: str, bar_count: int, status: str, *,
-                   now_ms: int | None = None, database: str = DATABASE) -> None:
-    """Final row of a run (higher version than its start row, so it wins)."""
-    now = _now_ms() if now_ms is None else now_ms
-    prev = _run_row(client, run_id, database) or {"config_json": "", "started_at": now, "mode": "", "version": 0}
-    insert_columns(client, "runs", {
-        "run_id": [run_id], "config_json": [prev["config_json"]], "started_at": [prev["started_at"]],
-        "finished_at": [now], "bar_count": [bar_count], "mode": [prev["mode"]], "status": [status],
-        "version": [max(now, prev["version"] + 1)]}, database)
-
-
-RUN_TABLES = ("bars", "signals", "orders", "fills", "trades", "equity", "rejections", "dead_letters",
-              "controls", "broker_orders")
-
-
-def clear_run(client, run_id: str, database: str = DATABASE) -> None:
-    """Delete a run's events, so a fresh backtest under an old id starts clean.
-    (A resumed run must not call this: replayed rows overwrite by key.)"""
-    with client_lock(client):
-        for table in RUN_TABLES:
-            client.command(f"DELETE FROM `{database}`.{table} WHERE run_id = {{r:String}}",
-                           parameters={"r": run_id})
-
-
-# ------------------------------------------------------------------ the sink
+# ------------------------------------------------- the process's shared writers
 _writers: dict[tuple[str, str], ClickHouseWriter] = {}
 
 
@@ -400,66 +232,3 @@ def shared_writer(dsn: str, run_id: str, batch_rows: int = 20_000) -> ClickHouse
         with _registry_lock:
             writer = _writers.setdefault(key, ClickHouseWriter(client, run_id, batch_rows))
     return writer
-
-
-def write_output(writer: ClickHouseWriter, item) -> None:
-    """Route one SymbolOutput / PortfolioOutput to its tables."""
-    if isinstance(item, SymbolOutput):
-        writer.add("bars", item.bars)
-        for block in item.blocks:
-            writer.add_columns("bars", bar_block_columns(writer.run_id, block))
-        if item.signals:
-            writer.add("signals", [s for sigs in item.signals.values() for s in sigs])
-        writer.add("signals", item.filtered)
-        writer.add("dead_letters", item.dead_letters)
-    elif isinstance(item, PortfolioOutput):
-        writer.add("orders", item.orders)
-        writer.add("fills", item.fills)
-        writer.add("trades", item.trades)
-        writer.add("rejections", item.rejections)
-        writer.add("equity", item.equity)
-        writer.add("dead_letters", item.dead_letters)
-        writer.add("controls", item.controls)
-    else:
-        raise TypeError(f"ClickHouseSink cannot write {type(item).__name__}")
-
-
-class _SinkPartition(StatelessSinkPartition):
-    def __init__(self, writer: ClickHouseWriter, flush_each_batch: bool):
-        self.writer = writer
-        self.flush_each_batch = flush_each_batch
-        self.failed = False
-
-    def write_batch(self, items: Iterable) -> None:
-        try:
-            for item in items:
-                write_output(self.writer, item)
-            if self.flush_each_batch:
-                # Durable before Bytewax can commit this epoch's snapshot: after a
-                # crash, everything older than the snapshot is already stored.
-                self.writer.flush()
-        except BaseException:
-            self.failed = True
-            raise
-
-    def close(self) -> None:
-        if self.failed:
-            # Bytewax closes the partition while the write's error unwinds: failing
-            # again there aborts the process (a Rust panic) and hides that error.
-            log.error("ClickHouse sink closed after a failed write: buffered rows not written")
-            return
-        self.writer.flush()  # the client stays open: close_clients() on the main thread
-
-
-class ClickHouseSink(DynamicSink):
-    """Bytewax sink of SymbolOutput / PortfolioOutput items; every worker of a
-    process buffers through one shared ClickHouseWriter."""
-
-    def __init__(self, dsn: str, run_id: str, batch_rows: int = 20_000,
-                 flush_each_batch: bool = False):
-        self.dsn, self.run_id, self.batch_rows = dsn, run_id, batch_rows
-        self.flush_each_batch = flush_each_batch  # recovery and live runs
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
-        return _SinkPartition(shared_writer(self.dsn, self.run_id, self.batch_rows),
-                              self.flush_each_batch)

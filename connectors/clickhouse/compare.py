@@ -24,8 +24,8 @@ import csv
 import math
 from typing import Any
 
-from connectors.analytics import ISO, _rows, _table
-from connectors.clickhouse import DATABASE
+from connectors.clickhouse.analytics import ISO, _rows, _table
+from connectors.clickhouse.schema import DATABASE
 
 BPS = 10_000
 KEY = ("symbol", "strategy_id", "entry_time")

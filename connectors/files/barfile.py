@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.ordering import END_OF_TIME, Chunk, Watermark
 from operators.columnar import BarBlock
+from operators.ordering import END_OF_TIME, Chunk, Watermark
 
 REQUIRED = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 OPTIONAL = ("trade_count", "vwap")

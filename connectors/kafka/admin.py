@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
-from connectors.kafka_codec import _one_line
+from connectors.kafka.codec import _one_line
 
 
 # ---------------------------------------------------------------- errors

@@ -1,6 +1,6 @@
 """Kafka `bars` topic: one symbol's part of a fetched batch as columns
 (`_Group`), and where each of its bars came from (`MessageOrigins`). Used by
-`connectors.kafka_partition`.
+`connectors.kafka.partition`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Kafka `bars` topic: one partition of the Bytewax source, records ->
 `Chunk` / `Watermark` items (`_BarPartition`), with the fast decode path
-described in `connectors.kafka_codec` (next to `_WireBar`).
+described in `connectors.kafka.codec` (next to `_WireBar`).
 """
 from __future__ import annotations
 
@@ -10,15 +10,23 @@ from typing import Callable
 
 from bytewax.inputs import StatefulSourcePartition
 
-from connectors.kafka_codec import (
-    _ISO_CACHE, _WIRE, MINUTE, BarsRecord, ControlRecord, WatermarkRecord, _parse_time, _WireBar, _WireBars,
-    _WireMarker, decode_record,
+from connectors.kafka.codec import (
+    _ISO_CACHE,
+    _WIRE,
+    MINUTE,
+    BarsRecord,
+    ControlRecord,
+    WatermarkRecord,
+    _parse_time,
+    _WireBar,
+    _WireBars,
+    _WireMarker,
+    decode_record,
 )
-from connectors.kafka_columns import _Group
+from connectors.kafka.columns import _Group
 from operators.ordering import END_OF_TIME, Chunk, Control, Watermark
 from operators.symbol_stage import bar_payload
 from operators.types import Bar, DeadLetter
-
 
 # The undecodable records' group key: no Kafka key (bytes or None) equals it,
 # so a keyless bar of symbol "" is never taken for a bar of that group.

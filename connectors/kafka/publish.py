@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from connectors.barfile import plan_emission
-from connectors.kafka_codec import MINUTE, iso_times
+from connectors.files.barfile import plan_emission
+from connectors.kafka.codec import MINUTE, iso_times
 
 if TYPE_CHECKING:
-    from connectors.kafka import BarProducer
+    from connectors.kafka.producer import BarProducer
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class PublishStep:
 
 def publish_plan(cols, partitions, min_rows: int = 1) -> Iterator[PublishStep]:
     """The steps that publish a bar file as live would have: bars in
-    `connectors.barfile.plan_emission` order, with a marker after each
+    `connectors.files.barfile.plan_emission` order, with a marker after each
     distinct suffix-min minute (or, with `min_rows` > 1, after the first
     minute boundary once at least `min_rows` bars were sent since the last
     marker).

@@ -18,10 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from connectors.kafka_admin import _typed, topic_partitions
-from connectors.kafka_codec import MINUTE, BarsRecord, WatermarkRecord, decode_record
+from connectors.kafka.admin import _typed, topic_partitions
+from connectors.kafka.codec import MINUTE, BarsRecord, WatermarkRecord, decode_record
 from operators.types import Bar
-
 
 MAX_WINDOW = 1_000_000  # records looked back per partition for a marker, at most
 

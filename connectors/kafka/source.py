@@ -1,19 +1,28 @@
 """Kafka `bars` topic: the Bytewax event-time source (`KafkaBarSource`), its
 raw inner partition and the dead-letter writer. Record handling per
-partition is in `connectors.kafka_partition`.
+partition is in `connectors.kafka.partition`.
 """
 from __future__ import annotations
 
 import threading
 
-from bytewax.connectors.kafka import KafkaSource  # needs confluent-kafka (bytewax[kafka])
-from bytewax.connectors.kafka import _KafkaSourcePartition
-from confluent_kafka import KafkaError as ConfluentKafkaError, Message, TopicPartition
+from bytewax.connectors.kafka import (
+    KafkaSource,  # needs confluent-kafka (bytewax[kafka])
+    _KafkaSourcePartition,
+)
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import Message, TopicPartition
 from kafka import KafkaProducer
 
-from connectors.kafka_admin import TopicChanged, _typed, ensure_topic, topic_identity, topic_partitions
-from connectors.kafka_codec import encode_dead_letter
-from connectors.kafka_partition import _BarPartition
+from connectors.kafka.admin import (
+    TopicChanged,
+    _typed,
+    ensure_topic,
+    topic_identity,
+    topic_partitions,
+)
+from connectors.kafka.codec import encode_dead_letter
+from connectors.kafka.partition import _BarPartition
 
 _message_error = Message.error
 
@@ -159,7 +168,7 @@ class KafkaBarSource(TopicIdentityCache, KafkaSource):
     tailing flow pays no latency for large batches, and a replay works in
     large batches decoded one small poll at a time (see
     `_BarPartition.next_batch`). Records are decoded by a fast path with
-    exactly `decode_record`'s decisions (see `connectors.kafka_codec`).
+    exactly `decode_record`'s decisions (see `connectors.kafka.codec`).
     """
 
     def __init__(self, bootstrap: str, topic: str, *, tail: bool = True,

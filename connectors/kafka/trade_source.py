@@ -1,5 +1,5 @@
 """The `trade_updates` topic as event-time partitions of the flow
-(`TradeUpdateSource`, Bytewax). Record format: `connectors.trade_updates`.
+(`TradeUpdateSource`, Bytewax). Record format: `connectors.alpaca.trade_updates`.
 
 Kafka partition p is source partition `TRADE_UPDATES_PARTITION_BASE + p`
 (`operators.ordering`: never the same id as a bars partition). It emits,
@@ -29,10 +29,10 @@ import threading
 from bytewax.inputs import FixedPartitionedSource
 from confluent_kafka import OFFSET_BEGINNING
 
-from connectors.kafka_admin import topic_partitions
-from connectors.kafka_partition import EventTimeKafkaPartition
-from connectors.kafka_source import TopicIdentityCache, raw_partition, resume_position
-from connectors.trade_updates import TradeMarker, decode_trade_record
+from connectors.kafka.admin import topic_partitions
+from connectors.kafka.partition import EventTimeKafkaPartition
+from connectors.kafka.source import TopicIdentityCache, raw_partition, resume_position
+from connectors.kafka.trade_topic import TradeMarker, decode_trade_record
 from operators.ordering import TRADE_UPDATES_PARTITION_BASE, BrokerEvent, Watermark
 from operators.types import TradeUpdate
 

@@ -1,4 +1,4 @@
-"""What each `cuts` subcommand does; `cli` only parses arguments."""
+"""What the core `cuts` subcommands do; `dataflows.cli.main` parses the arguments."""
 from __future__ import annotations
 
 import contextlib
@@ -6,11 +6,16 @@ import os
 import sys
 import time
 
-from connectors import analytics
-from connectors.barfile import BarFileError, read_bar_file
-from connectors.clickhouse import ClickHouseUnavailable, close_clients, open_client
+from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
+from connectors.clickhouse import analytics
+from connectors.clickhouse.client import (
+    ClickHouseUnavailable,
+    close_clients,
+    open_client,
+)
 from connectors.config import clickhouse_dsn, kafka_bootstrap, load_trading_config
-from connectors.kafka import KafkaConnectorError
+from connectors.files.barfile import BarFileError, read_bar_file
+from connectors.kafka.admin import KafkaConnectorError
 from dataflows.backtest import run_backtest, run_replay
 from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
@@ -21,24 +26,15 @@ class UsageError(Exception):
 
 
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
-USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
-               RecoveryMismatch)
-from connectors.alpaca_errors import CalendarUnavailable, TradingUsageError  # noqa: E402
-from dataflows import live_commands as _LIVE  # noqa: E402
-from dataflows import reconcile_command as _RECONCILE  # noqa: E402
-
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
-USER_ERRORS = (USER_ERRORS + tuple(_LIVE.USER_ERRORS) + tuple(_RECONCILE.USER_ERRORS)
-               + (TradingUsageError, CalendarUnavailable))
+USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
+               RecoveryMismatch, TradingUsageError, CalendarUnavailable)
 
 
-def dispatch(args) -> int:
+def dispatch(command, args) -> int:
+    """Run one subcommand's function; ClickHouse clients closed after it."""
     try:
-        if args.command in _COMMANDS:
-            return _COMMANDS[args.command](args)
-        if _RECONCILE is not None and args.command in _RECONCILE.COMMANDS:
-            return _RECONCILE.COMMANDS[args.command](args)
-        return _LIVE.COMMANDS[args.command](args)
+        return command(args)
     finally:
         close_clients()  # on the main thread (closing from a worker thread hangs)
 
@@ -118,7 +114,9 @@ def publish_file(bootstrap: str, bars_path: str, topic: str, partitions: int,
                  speed: float | None = None, records: str = "bars") -> None:
     """A bar file into `topic` (created with `partitions` when missing) with
     event-time markers, as fast as possible or at `speed` times real time."""
-    from connectors.kafka import BarProducer, ensure_topic, publish_columns
+    from connectors.kafka.admin import ensure_topic
+    from connectors.kafka.producer import BarProducer
+    from connectors.kafka.publish import publish_columns
 
     cols = read_bar_file(bars_path)
     existing = ensure_topic(bootstrap, topic, partitions)
@@ -168,7 +166,9 @@ def cmd_control(args) -> int:
     import uuid
 
     from connectors.config import operator_name
-    from connectors.kafka import BarProducer, ControlRecord, topic_partitions
+    from connectors.kafka.admin import topic_partitions
+    from connectors.kafka.codec import ControlRecord
+    from connectors.kafka.producer import BarProducer
 
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
@@ -211,7 +211,7 @@ def _report(client, run_id: str) -> str:
 def _report_against(client, args) -> int:
     """`cuts report --against BACKTEST`: the live run (default: the latest
     other run) versus the backtest of the same bars."""
-    from connectors import compare
+    from connectors.clickhouse import compare
 
     if args.against is None:
         raise UsageError("--csv needs --against RUN_ID")
@@ -232,7 +232,7 @@ def _report_against(client, args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from connectors.synthetic import generate_bars, write_bars
+    from connectors.files.synthetic import generate_bars, write_bars
 
     df = generate_bars(args.symbols, args.days, args.seed, start=args.start)
     write_bars(df, args.out)
@@ -242,8 +242,8 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     """Generated market -> the real producer code -> Kafka -> the flow -> ClickHouse -> report."""
-    from connectors.embedded_kafka import EmbeddedKafka
-    from connectors.synthetic import generate_bars, write_bars
+    from connectors.files.synthetic import generate_bars, write_bars
+    from connectors.kafka.embedded import EmbeddedKafka
 
     os.makedirs(args.dir, exist_ok=True)
     bars = os.path.join(args.dir, "bars.parquet")
@@ -268,7 +268,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {
+COMMANDS = {
     "backtest": cmd_backtest,
     "run": cmd_run,
     "publish": cmd_publish,

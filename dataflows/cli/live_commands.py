@@ -4,7 +4,7 @@
 `register(subparsers)` adds the two subcommands; `COMMANDS` maps them to
 functions `fn(args) -> exit code`; `USER_ERRORS` are the errors the CLI
 prints as one line with exit code 2. The live loop is
-`connectors.alpaca_live.run_stream`: `cmd_stream` runs it until SIGINT /
+`connectors.alpaca.live.run_stream`: `cmd_stream` runs it until SIGINT /
 SIGTERM set its stop event.
 """
 from __future__ import annotations
@@ -18,14 +18,18 @@ import time
 from typing import TYPE_CHECKING
 
 # alpaca-py is imported by the commands that use it, not by the parser
-from connectors.alpaca_errors import (
-    AlpacaRejected, AlpacaUnavailable, BackfillArgumentError, StreamRejected, SymbolsError,
+from connectors.alpaca.errors import (
+    AlpacaRejected,
+    AlpacaUnavailable,
+    BackfillArgumentError,
+    StreamRejected,
+    SymbolsError,
 )
-from connectors.alpaca_minutes import in_regular_session
+from connectors.alpaca.minutes import in_regular_session
 
 if TYPE_CHECKING:
-    from connectors.alpaca_stream import StreamSettings
-from dataflows.cli import _positive_int  # cli imports this module only inside build_parser
+    from connectors.alpaca.stream import StreamSettings
+from dataflows.cli.args import positive_int as _positive_int
 from operators.types import iso
 
 TEST_FEED_SYMBOL = "FAKEPACA"  # the only symbol of Alpaca's test feed (longer than SYMBOL_RE allows)
@@ -127,9 +131,14 @@ def _feed(args, config, allowed: tuple) -> str:
 
 def stream_settings(args) -> StreamSettings:
     """The command's arguments, environment and config -> settings (errors: one line)."""
-    from connectors.alpaca_bars import read_symbols
-    from connectors.alpaca_stream import StreamSettings
-    from connectors.config import alpaca_credentials, alpaca_urls, kafka_bootstrap, load_trading_config
+    from connectors.alpaca.bars import read_symbols
+    from connectors.alpaca.stream import StreamSettings
+    from connectors.config import (
+        alpaca_credentials,
+        alpaca_urls,
+        kafka_bootstrap,
+        load_trading_config,
+    )
 
     config = load_trading_config(args.config).stream
     feed = _feed(args, config, ("iex", "sip", "test"))
@@ -141,7 +150,7 @@ def stream_settings(args) -> StreamSettings:
     if bootstrap is None:
         raise LiveUsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
     if args.session == "calendar":  # holidays and early closes from Alpaca's calendar
-        from connectors.alpaca_calendar import CalendarSessions
+        from connectors.alpaca.calendar import CalendarSessions
         from connectors.config import alpaca_trading_url
 
         def trading_client():
@@ -164,7 +173,7 @@ def stream_settings(args) -> StreamSettings:
 
 
 def cmd_stream(args) -> int:
-    from connectors.alpaca_live import run_stream
+    from connectors.alpaca.live import run_stream
 
     settings = stream_settings(args)
     _setup_logging()
@@ -183,9 +192,14 @@ def cmd_stream(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from connectors.alpaca_bars import parse_time_arg, parse_timeframe, read_symbols
-    from connectors.alpaca_history import AlpacaHistory, FileSink, KafkaSink, backfill
-    from connectors.config import alpaca_credentials, alpaca_urls, kafka_bootstrap, load_trading_config
+    from connectors.alpaca.bars import parse_time_arg, parse_timeframe, read_symbols
+    from connectors.alpaca.history import AlpacaHistory, FileSink, KafkaSink, backfill
+    from connectors.config import (
+        alpaca_credentials,
+        alpaca_urls,
+        kafka_bootstrap,
+        load_trading_config,
+    )
 
     symbols = read_symbols(args.symbols, args.symbols_file)
     start = parse_time_arg(args.start, "--start")
@@ -220,14 +234,3 @@ def cmd_backfill(args) -> int:
 
 
 COMMANDS = {"stream": cmd_stream, "backfill": cmd_backfill}
-
-
-def main(argv: list | None = None) -> int:
-    """`python -m dataflows.live_commands stream|backfill ...` (the same as `cuts`)."""
-    from dataflows.cli import main as cuts_main
-
-    return cuts_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,26 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
-        print(f"cuts: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+from dataflows.cli import live_commands, reconcile_command
+from dataflows.cli.args import EXIT_USAGE
+from dataflows.cli.args import Parser as _Parser
+from dataflows.cli.args import positive_int as _positive_int
 
 
 def _recovery_args(p: argparse.ArgumentParser) -> None:
@@ -110,14 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--start", default="2024-01-02", help="first session date (YYYY-MM-DD)")
     gen.add_argument("--out", required=True, help="output .parquet or .csv")
 
-    if importlib.util.find_spec("dataflows.live_commands") is not None:
-        from dataflows import live_commands
-
-        live_commands.register(sub)
-    if importlib.util.find_spec("dataflows.reconcile_command") is not None:
-        from dataflows import reconcile_command
-
-        reconcile_command.register(sub)
+    live_commands.register(sub)
+    reconcile_command.register(sub)
 
     demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
@@ -138,16 +118,20 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dataflows import commands  # heavy imports only after the arguments are valid
+    from dataflows.cli import (
+        commands,  # heavy imports only after the arguments are valid
+    )
 
+    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS)
+    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS}
     try:
-        return commands.dispatch(args)
-    except commands.USER_ERRORS as exc:
+        return commands.dispatch(handlers[args.command], args)
+    except user_errors as exc:
         print(f"cuts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
         # Bytewax wraps what a worker raised: a user error inside is still one line.
-        cause = _user_error_inside(exc, commands.USER_ERRORS)
+        cause = _user_error_inside(exc, user_errors)
         if cause is None:
             raise
         print(f"cuts: error: {cause}", file=sys.stderr)

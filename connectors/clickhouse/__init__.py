@@ -1,0 +1,15 @@
+"""ClickHouse through clickhouse-connect: the same code for embedded chDB
+(`chdb:///dir`) and a server (`http://host:8123`).
+
+Pure mapping (no I/O):
+  `schema`           the run tables (`TABLES`, `ddl`) and events -> columns (`to_columns`)
+
+I/O:
+  `client`           `open_client` (one per DSN and process), `ensure_schema`,
+                     `insert_columns`, `ClickHouseWriter`, the process's shared writers
+  `sink`             the dataflow's sink (SymbolOutput / PortfolioOutput -> tables)
+  `runs`             run bookkeeping: the `runs` row, clearing a run before a fresh one
+  `analytics`        reports of a run (spec section 6 metrics) in ClickHouse SQL, CSV export
+  `compare`          a live run against the backtest of the same bars, in SQL
+  `reconciliations`  the `reconciliations` table and what a run recorded (positions, order ids)
+"""
