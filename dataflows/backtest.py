@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 
@@ -57,7 +58,8 @@ def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | 
     progress = Progress(len(cols)) if show_progress else None
     source = BarFileSource(cols, partitions=workers, progress=progress)
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
-                   snapshot_s=snapshot_s, source_identity={"bars_file": file_id})
+                   snapshot_s=snapshot_s, source_identity={"bars_file": file_id},
+                   source=os.path.abspath(bars_path))
     try:
         return execute(spec, source, source.partition_ids())
     finally:
@@ -80,5 +82,6 @@ def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_
                             identity=identity)
     spec = RunSpec(config, dsn, run_id, mode, workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, addresses=list(addresses or []), process_id=process_id,
-                   source_identity={"topic": topic, "topic_identity": identity})
+                   source_identity={"topic": topic, "topic_identity": identity},
+                   source=f"topic {topic} at {bootstrap}")
     return execute(spec, source, source.partition_ids(), show_progress=show_progress)

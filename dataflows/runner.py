@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import logging
 import sys
 import threading
 import time
@@ -20,13 +21,14 @@ from bytewax.testing import cluster_main, run_main
 
 from connectors.clickhouse import analytics
 from connectors.clickhouse.client import ensure_schema, open_client, shared_writer
-from connectors.clickhouse.runs import clear_run, record_run_end, record_run_start
+from connectors.clickhouse.runs import RunAttempt, begin_attempt, current_attempt, end_attempt
 from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
 from dataflows.flow import FlowSettings, build_flow
-from dataflows.stop import RunInterrupted, StopRequest, stop_on_signals
+from dataflows.stop import RunInterrupted, StopRequest, signal_name, stop_on_signals
 from operators.config import TradingConfig
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class RunSpec:
@@ -40,6 +42,7 @@ class RunSpec:
     addresses: list = field(default_factory=list)  # multi-process: every process's host:port
     process_id: int = 0
     source_identity: dict = field(default_factory=dict)  # what a recovery dir is bound to
+    source: str = ""  # where the bars come from, for people (`cuts runs`)
 
 
 @dataclass
@@ -48,6 +51,8 @@ class RunResult:
     bars: int
     seconds: float
     resumed: bool
+    attempt: RunAttempt | None = None  # the finished attempt (what its reports read)
+    dead_letters: dict = field(default_factory=dict)  # bars set aside, by reason
 
 
 def config_hash(config: TradingConfig) -> str:
@@ -155,17 +160,53 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
              stop: StopRequest) -> RunResult:
     client = open_client(spec.dsn)
     ensure_schema(client)
+    identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
+    resume = rec.check(spec.recovery_dir, identity) if spec.recovery_dir else None
+    # A fresh bounded run is a new attempt, under its own data id: the run's
+    # previous complete results stay current until it finishes (runs.py).
+    attempt = begin_attempt(client, spec.run_id, spec.mode, spec.config.model_dump_json(), spec.source,
+                            resume=resume, resuming=rec.has_state(spec.recovery_dir))
+    try:
+        return _run_attempt(spec, attempt, client, source, partitions, show_progress, trading, stop,
+                            identity)
+    except RunInterrupted:
+        raise
+    except BaseException as exc:
+        _record_failure(client, attempt, exc)
+        raise
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The error underneath Bytewax's wrapping (`error calling next_batch ...`)."""
+    seen = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _record_failure(client, attempt: RunAttempt, exc: BaseException) -> None:
+    exc = root_cause(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    try:
+        bars = int(analytics.counts(client, attempt)["bars"])
+    except Exception:  # ClickHouse may be what failed
+        bars = 0
+    try:
+        end_attempt(client, attempt, "failed", bars, f"{type(exc).__name__}: {first}"[:500])
+    except Exception:  # the failure itself is what the user needs to see
+        log.warning("run %s: could not record its failure in ClickHouse", attempt.run_id, exc_info=True)
+
+
+def _run_attempt(spec: RunSpec, attempt: RunAttempt, client, source, partitions, show_progress: bool,
+                 trading: Trading | None, stop: StopRequest, identity: dict) -> RunResult:
     recovery = None
     if spec.recovery_dir:
-        identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
         total_workers = spec.workers * max(1, len(spec.addresses))
-        recovery = rec.prepare(spec.recovery_dir, identity, total_workers)
+        recovery = rec.prepare(spec.recovery_dir, identity, total_workers, attempt=attempt.attempt)
     resuming = recovery is not None and recovery.resuming
-    if not resuming and spec.process_id == 0 and spec.mode != "live":
-        clear_run(client, spec.run_id)  # a fresh run replaces an older one of the same id
-    record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
     durable = recovery is not None or spec.mode == "live"
-    sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable)
+    sink = ClickHouseSink(spec.dsn, attempt.data_id, flush_each_batch=durable)
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
                             sessions=trading.sessions if trading is not None else None,
                             blocked=trading.blocked if trading is not None else frozenset(), stop=stop)
@@ -189,22 +230,23 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
     try:
         with contextlib.ExitStack() as stack:
             if show_progress:
-                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id)))
+                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, attempt.data_id)))
             if spec.workers <= 1 and not spec.addresses:
                 run_main(flow, **kwargs)
             else:
                 cluster_main(flow, spec.addresses, spec.process_id,
                              worker_count_per_proc=spec.workers, **kwargs)
-    except BaseException:
-        record_run_end(client, spec.run_id, 0, "failed")
-        raise
     finally:
         gc.unfreeze()  # a process that goes on (tests, the CLI's report) collects as usual
     seconds = time.monotonic() - started
-    bars = int(analytics.counts(client, spec.run_id)["bars"])
+    counts = analytics.counts(client, attempt)
+    bars, dead = int(counts["bars"]), counts["dead_letters_by_reason"]
     if stop.cut_short:
         status = "stopped" if spec.mode == "live" else "interrupted"
-        record_run_end(client, spec.run_id, bars, status)
-        raise RunInterrupted(spec.run_id, stop.signum, status, bars, spec.recovery_dir)
-    record_run_end(client, spec.run_id, bars, "finished")
-    return RunResult(spec.run_id, bars, seconds, resuming)
+        end_attempt(client, attempt, status, bars, f"on {signal_name(stop.signum)}")
+        current = current_attempt(client, spec.run_id)
+        previous = current.attempt if current is not None and current.complete else None
+        raise RunInterrupted(spec.run_id, stop.signum, status, bars, spec.recovery_dir, previous,
+                             sum(dead.values()))
+    ended = end_attempt(client, attempt, "finished", bars)
+    return RunResult(spec.run_id, bars, seconds, resuming, ended, dead)

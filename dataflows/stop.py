@@ -63,9 +63,11 @@ class RunInterrupted(Exception):
     stop are written and its status says so (`interrupted`, or `stopped` for
     a live run); `recovery_dir` resumes it when given."""
 
-    def __init__(self, run_id: str, signum: int, status: str, bars: int, recovery_dir: str | None):
+    def __init__(self, run_id: str, signum: int, status: str, bars: int, recovery_dir: str | None,
+                 previous: int | None = None, dead_letters: int = 0):
         self.run_id, self.signum, self.status = run_id, signum, status
-        self.bars, self.recovery_dir = bars, recovery_dir
+        self.bars, self.recovery_dir, self.dead_letters = bars, recovery_dir, dead_letters
+        self.previous = previous  # the run's complete attempt that reports still show
         super().__init__(self.line())
 
     @property
@@ -74,11 +76,16 @@ class RunInterrupted(Exception):
 
     def line(self) -> str:
         what = f"run {self.run_id} {self.status} on {signal_name(self.signum)} after {self.bars:,} bars"
+        if self.dead_letters:
+            what += f" ({self.dead_letters:,} dead-lettered: `cuts report` says why)"
         if self.recovery_dir:
             return f"{what}; the same command resumes it from {self.recovery_dir}"
         if self.status == "stopped":
             return f"{what}; its rows up to the stop are stored"
-        return f"{what}; its rows so far are stored as an incomplete run, rerun to complete it"
+        if self.previous is not None:
+            return (f"{what}; reports still show its last complete attempt ({self.previous}), "
+                    f"which a finished rerun replaces")
+        return f"{what}; its partial rows are stored, marked {self.status}: rerun to complete it"
 
 
 class StopRequest:

@@ -230,7 +230,8 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
                        snapshot_s=args.snapshot_s,
                        source_identity={"topic": args.topic, "topic_identity": bars_identity,
                                         "trade_topic": args.trade_topic, "trade_identity": trade_identity,
-                                        "broker": mode})
+                                        "broker": mode},
+                       source=f"topic {args.topic} at {bootstrap}, {mode} trading")
         trading = Trading(trade_source, trade_source.partition_ids(), sink, sessions=sessions,
                           blocked=blocked)
         return execute(spec, source, source.partition_ids(), show_progress=False, trading=trading)

@@ -3,6 +3,12 @@
 Pure models: reading the YAML file and the environment is the job of
 `connectors.config`. Unknown keys, wrong types and impossible values are
 rejected once, at start-up.
+
+Bounds (docs/trading-rules.md, "Configuration bounds"): percentages are
+fractions (0.02 = 2 %). Exit distances are above 0 and at most 0.5 (a 50 %
+target or stop is no longer a minute-bar exit: `take_profit_pct: 2` is a
+typo for 0.02); the risk per trade at most 0.1 of equity; the daily
+drawdown below 1; slippage at most 1,000 bps; a time stop at most 30 days.
 """
 from __future__ import annotations
 
@@ -41,19 +47,22 @@ class SignalConfig(_Strict):
     weighted_threshold: float = Field(0.5, gt=0, lt=1)
 
 
+MAX_EXIT_PCT = 0.5  # farther than 50 % is not a minute-bar exit (and 2 is a typo for 0.02)
+
+
 class ExitConfig(_Strict):
-    take_profit_pct: float = Field(0.02, gt=0)
-    stop_loss_pct: float = Field(0.01, gt=0, lt=1)
+    take_profit_pct: float = Field(0.02, gt=0, le=MAX_EXIT_PCT)
+    stop_loss_pct: float = Field(0.01, gt=0, le=MAX_EXIT_PCT)
     trailing_stop: bool = False
-    trailing_activation_pct: float = Field(0.005, ge=0)
-    trailing_pct: float = Field(0.005, gt=0, lt=1)
-    time_stop_minutes: int = Field(60, ge=1)
-    time_stop_min_move_pct: float = Field(0.005, ge=0)
+    trailing_activation_pct: float = Field(0.005, ge=0, le=MAX_EXIT_PCT)
+    trailing_pct: float = Field(0.005, gt=0, le=MAX_EXIT_PCT)
+    time_stop_minutes: int = Field(60, ge=1, le=30 * 24 * 60)
+    time_stop_min_move_pct: float = Field(0.005, ge=0, le=MAX_EXIT_PCT)
 
 
 class RiskConfig(_Strict):
     initial_cash: float = Field(100_000, gt=0)
-    risk_per_trade_pct: float = Field(0.005, gt=0, le=1)
+    risk_per_trade_pct: float = Field(0.005, gt=0, le=0.1)
     max_position_pct: float = Field(0.10, gt=0, le=1)
     max_positions: int = Field(10, ge=1)
     max_positions_per_symbol: int = Field(3, ge=1)
@@ -63,7 +72,7 @@ class RiskConfig(_Strict):
 
 
 class ExecutionConfig(_Strict):
-    slippage_bps: float = Field(1.0, ge=0, lt=10_000)
+    slippage_bps: float = Field(1.0, ge=0, le=1_000)
     commission_per_share: float = Field(0.0, ge=0)
 
 
@@ -129,5 +138,10 @@ def describe_validation_error(exc: Exception) -> str:
     where = ".".join(str(p) for p in first.get("loc", ())) or "config"
     msg = first.get("msg", "invalid")
     if first.get("type") == "extra_forbidden":
-        msg = "unknown key"
+        return f"{where}: unknown key"
+    value = first.get("input")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        msg = f"{msg} (got {value})"
+        if where.endswith("_pct") and value > 1:
+            msg += ": percentages are fractions, 0.02 = 2 %"
     return f"{where}: {msg}"

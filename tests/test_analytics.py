@@ -122,7 +122,7 @@ def test_counts_and_run_info(client):
     assert an.latest_run_id(client) == RUN
 
 
-def test_export_csv_trades_header_order_and_full_precision(client, tmp_path):
+def test_export_csv_trades_header_order_and_rounding(client, tmp_path):
     written = an.export_csv(client, RUN, str(tmp_path))
     assert written == {"trades.csv": 4, "orders.csv": 2, "fills.csv": 1, "equity.csv": 9, "rejections.csv": 1,
                        "controls.csv": 0}
@@ -132,10 +132,21 @@ def test_export_csv_trades_header_order_and_full_precision(client, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "trades.csv")))
     assert [r["symbol"] + r["strategy"] for r in rows] == ["MSFTsma_5_15", "AAPLsma_5_15", "AAPLsma_10_30",
                                                            "MSFTsma_10_30"]
-    assert float(rows[2]["return_pct"]) == 100 / 101 - 1  # repr round-trips exactly
+    assert rows[2]["return_pct"] == repr(round(100 / 101 - 1, 8))  # fractions to 1e-8
     orders = list(csv.DictReader(open(tmp_path / "orders.csv")))
     assert [o["order_id"] for o in orders] == ["o1", "o2"]  # same time: by symbol
     assert list(csv.DictReader(open(tmp_path / "equity.csv")))[3]["time"] == "2024-01-03T00:30:00Z"
+
+
+@pytest.mark.parametrize("column,value,text", [
+    ("pnl", -40.391520000000014, "-40.39"), ("pnl", 1e-9, "0.0"), ("pnl", -0.004, "0.0"),
+    ("cash", 99999.996, "100000.0"), ("equity", 123.456, "123.46"), ("commission", 0.015, "0.01"),
+    ("entry_price", 101.123456789, "101.123457"), ("price", 0.0000004, "0.0"), ("exit_price", 98.5, "98.5"),
+    ("return_pct", -0.009900990099009901, "-0.00990099"), ("entry_slippage_bps", 1.234567, "1.2346"),
+    ("qty", 7, 7), ("reason", "stop_loss", "stop_loss"), ("pnl", None, ""), ("pnl", float("nan"), ""),
+    ("flatten", True, True)])
+def test_csv_values_are_rounded_by_what_they_are(column, value, text):
+    assert an.csv_value(column, value) == text
 
 
 def test_export_is_byte_identical_when_repeated(client, tmp_path):

@@ -50,9 +50,9 @@ def test_fractional_volume_and_optional_columns(tmp_path):
 
 @pytest.mark.parametrize("make,message", [
     (lambda p: frame().drop(columns=["close"]).to_csv(p, index=False), "missing column(s) close"),
-    (lambda p: frame(open=["x", "1", "2"]).to_csv(p, index=False), "column open row 0: not a number"),
+    (lambda p: frame(open=["x", "1", "2"]).to_csv(p, index=False), "bad.csv line 2: column open: not a number"),
     (lambda p: frame(timestamp=["yesterday", "2024-01-02T14:30:00Z", "2024-01-02T14:31:00Z"]).to_csv(p, index=False),
-     "column timestamp"),
+     "bad.csv line 2: timestamp 'yesterday' is not a time: use ISO 8601"),
     (lambda p: open(p, "w").write("\x00\x01garbage"), "cannot read"),
 ])
 def test_malformed_file_is_a_one_line_error(tmp_path, make, message):
@@ -113,3 +113,79 @@ def test_emission_keeps_each_symbols_row_order_and_watermarks_hold(tmp_path):
             assert got == sorted(got), f"{sym} rows out of file order"
     order, _ = plan_emission(cols)
     assert sorted(order.tolist()) == list(range(len(cols)))
+
+
+def _csv(tmp_path, text, name="bars.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+HEADER = "symbol,timestamp,open,high,low,close,volume\n"
+ROW = "AAA,2024-01-02T14:30:00Z,10,11,9.5,10.5,100\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    (HEADER, "bars.csv: no bars (only a header)"),
+    (HEADER + "\n\n", "bars.csv: no bars (only a header)"),
+    ("", "bars.csv: empty file, no bars"),
+    ("\n", "bars.csv: empty file, no bars"),
+])
+def test_a_file_without_bars_is_refused(tmp_path, text, message):
+    with pytest.raises(BarFileError) as err:
+        read_bar_file(_csv(tmp_path, text))
+    assert str(err.value).endswith(message)
+
+
+def test_a_parquet_file_without_rows_is_refused(tmp_path):
+    frame().iloc[:0].to_parquet(tmp_path / "none.parquet")
+    with pytest.raises(BarFileError, match="none.parquet: no bars"):
+        read_bar_file(str(tmp_path / "none.parquet"))
+
+
+@pytest.mark.parametrize("header", [
+    "Symbol,Timestamp,Open,High,Low,Close,Volume", "SYMBOL,TIMESTAMP,OPEN,HIGH,LOW,CLOSE,VOLUME",
+    " symbol , timestamp ,open,high,low,close,volume", "Symbol,timestamp,OPEN,High,low,Close,volume,VWAP"])
+def test_column_names_that_differ_only_in_case_or_spaces_are_accepted(tmp_path, header):
+    extra = ",10.2" if header.endswith("VWAP") else ""
+    cols = read_bar_file(_csv(tmp_path, header + "\n" + ROW.rstrip("\n") + extra + "\n"))
+    assert cols.symbol.tolist() == ["AAA"] and cols.close.tolist() == [10.5]
+    assert (cols.vwap is not None) == bool(extra)
+
+
+def test_two_columns_that_differ_only_in_case_are_refused(tmp_path):
+    with pytest.raises(BarFileError, match="columns 'close' and 'Close' differ only in case"):
+        read_bar_file(_csv(tmp_path, HEADER.rstrip("\n") + ",Close\n" + ROW.rstrip("\n") + ",1\n"))
+
+
+@pytest.mark.parametrize("stamp,message", [
+    ("2024-13-02T14:31:00Z", "line 3: timestamp '2024-13-02T14:31:00Z' is not a time"),
+    ("02/01/2024 14:31", "line 3: timestamp '02/01/2024 14:31' is not a time"),
+    ("2024-01-02T25:00:00Z", "line 3: timestamp '2024-01-02T25:00:00Z' is not a time"),
+    ("", "line 3: no timestamp"),
+])
+def test_a_bad_timestamp_names_the_line_an_editor_shows_and_the_formats(tmp_path, stamp, message):
+    text = HEADER + ROW + f"AAA,{stamp},10,11,9.5,10.5,100\n" + ROW
+    with pytest.raises(BarFileError) as err:
+        read_bar_file(_csv(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    if "not a time" in message:
+        assert str(err.value).endswith("(no zone: UTC), or a Parquet timestamp column")
+
+
+def test_epoch_numbers_are_refused_with_the_formats(tmp_path):
+    with pytest.raises(BarFileError, match="line 2: timestamp '1704205800' is a number: write ISO 8601"):
+        read_bar_file(_csv(tmp_path, HEADER + "AAA,1704205800,10,11,9.5,10.5,100\n"))
+
+
+def test_places_in_the_file_count_as_a_person_does(tmp_path):
+    """CSV: an editor's line (the header is line 1); Parquet: rows from 1."""
+    cols = read_bar_file(_csv(tmp_path, HEADER + ROW + ROW))
+    assert [cols.where(0), cols.where(1)] == ["bars.csv line 2", "bars.csv line 3"]
+    frame().to_parquet(tmp_path / "p.parquet")
+    assert read_bar_file(str(tmp_path / "p.parquet")).where(2) == "p.parquet row 3"
+    bad = frame()
+    bad["open"] = ["10", "11", "oops"]
+    bad.to_parquet(tmp_path / "q.parquet")
+    with pytest.raises(BarFileError, match="q.parquet row 3: column open: not a number: 'oops'"):
+        read_bar_file(str(tmp_path / "q.parquet"))

@@ -52,7 +52,7 @@ def run_file(path, dsn, run_id, recovery_dir=None, stop_at_batch=None, sig=signa
 
     source = BarFileSource(read_bar_file(path), partitions=workers, block_rows=500, progress=progress)
     spec = RunSpec(CONFIG, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir, snapshot_s=1,
-                   source_identity={"bars_file": default_run_id(path, CONFIG)})
+                   source_identity={"bars_file": default_run_id(path, CONFIG)}, source=path)
     return execute(spec, source, source.partition_ids())
 
 
@@ -108,7 +108,7 @@ def test_a_stopped_run_without_recovery_keeps_its_rows_and_says_it_is_incomplete
     with pytest.raises(RunInterrupted) as info:
         run_file(market, dsn, "no-rec", stop_at_batch=3, sig=signal.SIGTERM)
     assert info.value.status == "interrupted" and info.value.exit_code == 143
-    assert "rerun" in info.value.line()
+    assert "rerun to complete it" in info.value.line()
     assert status(dsn, "no-rec") == "interrupted"
     stored = tables(dsn, "no-rec")
     assert 0 < len(stored["bars"]) < len(uninterrupted[1]["bars"])

@@ -129,3 +129,47 @@ def test_the_cli_imports_alpaca_py_only_for_the_commands_that_use_it():
             "print(sorted(m for m in sys.modules if m == 'alpaca' or m.startswith('alpaca.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_dead_letters_are_summed_up_at_the_end_and_written_with_out(tmp_path):
+    """Every bar set aside is counted by reason in one line after the run and
+    listed in dead_letters.csv with its place in the file (an editor's line)."""
+    rows = ["symbol,timestamp,open,high,low,close,volume",
+            "AAPL,2024-01-02T14:30:00Z,1,2,0.5,1.5,100",   # line 2: applied
+            "AAPL,2024-01-02T14:31:00Z,1,0.5,0.5,1.5,100",  # line 3: high below the open
+            "AAPL,2024-01-02T14:31:00Z,1,2,0.5,1.5,100",   # line 4: applied
+            "bad sym,2024-01-02T14:32:00Z,1,2,0.5,1.5,100",  # line 5: not a symbol
+            "AAPL,2024-01-02T14:30:00Z,1,2,0.5,1.5,100",   # line 6: seen already
+            "AAPL,2024-01-02T14:29:00Z,1,2,0.5,1.5,100",   # line 7: older than an accepted bar
+            "MSFT,2024-01-02T14:33:00Z,-1,2,0.5,1.5,100"]  # line 8: negative price
+    path = tmp_path / "bars.csv"
+    path.write_text("\n".join(rows) + "\n")
+    proc = cuts("backtest", "--bars", str(path), "--clickhouse", f"chdb://{tmp_path / 'ch'}",
+                "--out", str(tmp_path / "out"), "--quiet")
+    assert ("dead letters: 5 bar(s) set aside, never applied (duplicate 1, invalid_high 1, invalid_price 1, "
+            "invalid_symbol 1, late 1): see dead_letters.csv") in proc.stdout
+    dead = list(csv.DictReader(open(tmp_path / "out" / "dead_letters.csv")))
+    assert {(d["source"], d["reason"]) for d in dead} == {
+        ("bars.csv line 3", "invalid_high"), ("bars.csv line 5", "invalid_symbol"),
+        ("bars.csv line 6", "duplicate"), ("bars.csv line 7", "late"), ("bars.csv line 8", "invalid_price")}
+    clean = tmp_path / "clean.csv"
+    clean.write_text("\n".join(rows[:2]) + "\n")
+    proc = cuts("backtest", "--bars", str(clean), "--clickhouse", f"chdb://{tmp_path / 'ch'}", "--quiet")
+    assert "dead letters" not in proc.stdout
+
+
+@pytest.mark.parametrize("text,message", [
+    ("symbol,timestamp,open,high,low,close,volume\n", "no bars (only a header)"),
+    ("", "empty file, no bars"),
+    ("Symbol,Timestamp,Open,High,Low,Close,Volume,close\nA,2024-01-02T14:30:00Z,1,2,0.5,1.5,1,1\n",
+     "differ only in case"),
+    ("symbol,timestamp,open,high,low,close,volume\nA,2024-01-02T14:30:00Z,1,2,0.5,1.5,1\n"
+     "A,2024-02-30T14:31:00Z,1,2,0.5,1.5,1\n", "line 3: timestamp '2024-02-30T14:31:00Z' is not a time"),
+])
+def test_a_bar_file_the_run_cannot_use_is_one_line_and_exit_2(tmp_path, text, message):
+    path = tmp_path / "bars.csv"
+    path.write_text(text)
+    proc = cuts("backtest", "--bars", str(path), "--clickhouse", f"chdb://{tmp_path / 'ch'}", "--quiet",
+                check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""

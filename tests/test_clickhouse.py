@@ -141,7 +141,9 @@ def test_directory_locked_by_another_process_is_unavailable(client):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=ch.__file__.rsplit("/connectors/", 1)[0]).stdout
-    assert out.startswith("UNAVAILABLE") and dsn in out and "\n" not in out.strip()
+    path = dsn[len("chdb://"):]
+    assert out.startswith("UNAVAILABLE") and path in out and "\n" not in out.strip()
+    assert "in use by another process (pid " in out  # the true cause, from the directory's lock
 
 
 def test_unreachable_server_is_unavailable():

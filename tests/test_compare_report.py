@@ -69,6 +69,7 @@ def dsn(tmp_path_factory):
         ch.ensure_schema(c)
         ch_runs.record_run_start(c, LIVE, "{}", "live", now_ms=D1 * 1000)
         ch_runs.record_run_start(c, BT, "{}", "backtest", now_ms=(D2 + 10 * H) * 1000)  # replayed afterwards
+        ch_runs.record_run_end(c, BT, 100, "finished", now_ms=(D2 + 11 * H) * 1000)
         w = ch.ClickHouseWriter(c, BT)
         w.add("trades", BT_TRADES)
         # the backtest's own fills must not leak into the live run's fill slippage
@@ -172,6 +173,12 @@ class TestCompareRuns:
         assert compare.format_comparison(other).splitlines()[2] == (
             "warning: the two runs have different trading configurations")
 
+    def test_a_backtest_that_did_not_finish_is_said_first(self, result):
+        for status in ("running", "interrupted", "failed"):
+            text = compare.format_comparison({**result, "backtest_status": status})
+            assert text.splitlines()[2] == (f"warning: the backtest bt is {status.upper()}, not finished: "
+                                            f"its trades are partial and the comparison is incomplete")
+
 
 def _value(lines: list[str], label: str) -> str:
     return next(line for line in lines if line.startswith(label + "  ")).split()[-1]
@@ -200,6 +207,7 @@ def test_cli_report_against(dsn, tmp_path):
 
     proc = _cuts("report", "--run-id", LIVE, "--against", "nope", "--clickhouse", dsn)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "cuts: error: unknown run id: nope" and proc.stdout == ""
+    assert proc.stderr.startswith("cuts: error: unknown run id: nope;") and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
     proc = _cuts("report", "--run-id", "nope", "--against", BT, "--clickhouse", dsn)
-    assert proc.returncode == 2 and proc.stderr.strip() == "cuts: error: unknown run id: nope"
+    assert proc.returncode == 2 and proc.stderr.startswith("cuts: error: unknown run id: nope;")

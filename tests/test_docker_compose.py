@@ -39,6 +39,44 @@ def test_connector_and_worker_are_built_from_the_dockerfile_and_wired_by_env(res
     assert resolved["services"]["worker"]["environment"]["ALPACA_PAPER"] == "true"
 
 
+def test_the_worker_paper_trades_through_alpaca_under_a_run_id(resolved):
+    command = resolved["services"]["worker"]["command"]
+    assert command[:2] == ["run", "--alpaca"] and "--live" not in command
+    assert command[command.index("--run-id") + 1] == "paper-compose"
+    assert "--recovery-dir" in command
+
+
+def test_the_run_id_comes_from_cuts_run_id(tmp_path):
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (.ci/run installs it)")
+    env = dict(os.environ, ALPACA_API_KEY="k", ALPACA_SECRET_KEY="s", CUTS_RUN_ID="paper-7")
+    out = subprocess.run([exe, "config"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    command = yaml.safe_load(out.stdout)["services"]["worker"]["command"]
+    assert command[command.index("--run-id") + 1] == "paper-7"
+
+
+def test_kafka_is_reachable_from_the_host_and_the_containers(resolved):
+    env = resolved["services"]["kafka"]["environment"]
+    advertised = env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "PLAINTEXT://kafka:9092" in advertised and "HOST://localhost:9092" in advertised
+    ports = resolved["services"]["kafka"]["ports"]
+    assert any(str(p.get("published")) == "9092" and str(p.get("target")) == "29092" for p in ports)
+    assert "HOST://:29092" in env["KAFKA_LISTENERS"] and "HOST:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+
+
+def test_the_worker_waits_until_clickhouse_answers(resolved):
+    clickhouse = resolved["services"]["clickhouse"]
+    assert "SELECT 1" in " ".join(clickhouse["healthcheck"]["test"])
+    depends = resolved["services"]["worker"]["depends_on"]
+    assert depends["clickhouse"]["condition"] == "service_healthy"
+    assert depends["kafka"]["condition"] == "service_healthy"
+
+
+def test_no_obsolete_version_key():
+    assert "version" not in yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
+
+
 def test_dockerfile_installs_the_project_and_runs_cuts():
     text = open(os.path.join(ROOT, "docker", "Dockerfile")).read()
     assert "pip install" in text and 'ENTRYPOINT ["cuts"]' in text

@@ -28,6 +28,8 @@ import math
 import os
 from typing import Any, Literal
 
+from connectors.clickhouse.runs import RunAttempt, attempts, pick_current, public_id
+from connectors.clickhouse.runs import data_id as _data_id
 from connectors.clickhouse.schema import DATABASE
 
 DEFAULT_INITIAL_CASH = 100_000.0
@@ -49,8 +51,13 @@ def _one(client, sql: str, run_id: str | None = None, **params) -> dict:
 
 
 def _f(db: str, table: str) -> str:
-    """FROM clause of one run's rows of a table."""
+    """FROM clause of one run's rows of a table (`run_id` = the attempt's data id)."""
     return f"FROM `{db}`.`{table}` FINAL WHERE run_id = {{run_id:String}}"
+
+
+# Every public function takes `run`: a run id (its current attempt, see
+# connectors.clickhouse.runs) or a RunAttempt. A report of several queries
+# passes the RunAttempt it resolved once, so all its numbers are of one attempt.
 
 
 def latest_run_id(client, database: str = DATABASE) -> str | None:
@@ -58,16 +65,41 @@ def latest_run_id(client, database: str = DATABASE) -> str | None:
     return row.get("run_id")
 
 
-def run_info(client, run_id: str, database: str = DATABASE) -> dict:
-    """The run's row (times ISO 8601 UTC), or {} when unknown."""
-    return _one(client, f"""
-        SELECT run_id, config_json, formatDateTime(started_at, {ISO}) AS started_at,
-               formatDateTime(finished_at, {ISO}) AS finished_at, bar_count, mode, status
-        {_f(database, 'runs')}""", run_id)
+def iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def initial_cash(client, run_id: str, database: str = DATABASE) -> float:
-    config = run_info(client, run_id, database).get("config_json") or "{}"
+def attempt_info(a: RunAttempt) -> dict:
+    """An attempt as plain values (times ISO 8601 UTC)."""
+    return {"run_id": a.run_id, "attempt": a.attempt, "status": a.status, "mode": a.mode,
+            "started_at": iso_ms(a.started_at), "finished_at": iso_ms(a.finished_at),
+            "bar_count": a.bar_count, "source": a.source, "detail": a.detail,
+            "config_json": a.config_json, "process_gone": a.process_gone()}
+
+
+def run_info(client, run, database: str = DATABASE) -> dict:
+    """The run's current attempt (see connectors.clickhouse.runs) as plain
+    values, with `attempts` (how many) and `latest` (the newest attempt,
+    when it is not the current one); {} when the run is unknown."""
+    history = attempts(client, public_id(run), database)
+    if not history:
+        return {}
+    current = run if isinstance(run, RunAttempt) else pick_current(history)
+    info = attempt_info(current)
+    info["attempts"] = len(history)
+    if history[-1].attempt != current.attempt:
+        info["latest"] = attempt_info(history[-1])
+    return info
+
+
+def initial_cash(client, run, database: str = DATABASE) -> float:
+    if isinstance(run, RunAttempt):
+        config = run.config_json or "{}"
+    else:
+        config = run_info(client, run, database).get("config_json") or "{}"
     try:
         cash = float((json.loads(config).get("risk") or {}).get("initial_cash") or 0)
     except (ValueError, TypeError, AttributeError):
@@ -82,9 +114,10 @@ def _trade_stats() -> str:
         if(gross_loss < 0, gross_win / abs(gross_loss), NULL) AS profit_factor"""
 
 
-def performance(client, run_id: str, database: str = DATABASE) -> dict:
+def performance(client, run, database: str = DATABASE) -> dict:
     """Overall metrics of a run (see the module docstring for definitions)."""
-    cash = initial_cash(client, run_id, database)
+    cash = initial_cash(client, run, database)
+    run_id = _data_id(client, run, database)
     t = _one(client, f"""
         SELECT {_trade_stats()},
             avgIfOrNull(pnl, pnl > 0) AS avg_win, avgIfOrNull(return_pct, pnl > 0) AS avg_win_pct,
@@ -114,7 +147,7 @@ def performance(client, run_id: str, database: str = DATABASE) -> dict:
     days = e.get("trading_days") or 0
     final = e.get("final_equity")
     return {
-        "run_id": run_id,
+        "run_id": public_id(run),
         "trades": t["trades"], "trading_days": days,
         "trades_per_day": t["trades"] / days if days else None,
         "wins": t["wins"], "losses": t["losses"], "win_rate": t["win_rate"],
@@ -136,12 +169,13 @@ _GROUP = {"strategy": "strategy_id", "exit_reason": "exit_reason", "symbol": "sy
           "day": f"toString(toDate(exit_time, '{NY}'))"}
 
 
-def breakdown(client, run_id: str, by: Literal["strategy", "exit_reason", "symbol", "day"],
+def breakdown(client, run, by: Literal["strategy", "exit_reason", "symbol", "day"],
               database: str = DATABASE) -> list[dict]:
     """Per group (ordered by key): trades, wins, win_rate, pnl, avg_return_pct,
     profit_factor (plus gross_win/gross_loss)."""
     if by not in _GROUP:
         raise ValueError(f"breakdown by {by!r}: expected one of {', '.join(_GROUP)}")
+    run_id = _data_id(client, run, database)
     rows = _rows(client, f"""
         SELECT {_GROUP[by]} AS key, {_trade_stats()}, avg(return_pct) AS avg_return_pct
         {_f(database, 'trades')} GROUP BY key ORDER BY key""", run_id)
@@ -150,8 +184,9 @@ def breakdown(client, run_id: str, by: Literal["strategy", "exit_reason", "symbo
     return rows
 
 
-def counts(client, run_id: str, database: str = DATABASE) -> dict:
+def counts(client, run, database: str = DATABASE) -> dict:
     """Rows per table of a run; rejections and dead letters also by reason."""
+    run_id = _data_id(client, run, database)
     def n(table: str, cond: str = "1") -> str:
         return f"(SELECT count() {_f(database, table)} AND {cond})"
     c = _one(client, f"""
@@ -187,6 +222,9 @@ _EXPORTS: dict[str, tuple[list[str], str]] = {
     "rejections.csv": (["run_id", "strategy", "symbol", "time", "reason", "price", "detail"], f"""
         SELECT run_id, strategy_id, symbol, formatDateTime(ts, {ISO}), reason, price, detail
         {{src}} ORDER BY ts, symbol, strategy_id, reason"""),
+    "dead_letters.csv": (["run_id", "source", "symbol", "time", "reason", "payload"], f"""
+        SELECT run_id, source, symbol, formatDateTime(ts, {ISO}), reason, payload
+        {{src}} ORDER BY ts, symbol, source, reason"""),
     "controls.csv": (["run_id", "control_id", "action", "flatten", "time", "who", "why",
                       "exits_queued", "entries_canceled"], f"""
         SELECT run_id, control_id, action, flatten, formatDateTime(ts, {ISO}), who, why,
@@ -195,20 +233,53 @@ _EXPORTS: dict[str, tuple[list[str], str]] = {
 }
 
 
-def export_csv(client, run_id: str, out_dir: str, database: str = DATABASE) -> dict[str, int]:
-    """Write trades/orders/fills/equity/rejections CSVs of a run into out_dir;
-    returns rows written per file. Floats keep full precision (repr)."""
+# prices to 1e-6, money to cents, fractions to 1e-8 (0.000001 %)
+MONEY = {"pnl", "total_pnl", "avg_win", "avg_loss", "expectancy", "max_loss_per_trade", "initial_cash",
+         "final_equity", "gross_win", "gross_loss", "cash", "equity", "exposure", "commission",
+         "live_pnl", "backtest_pnl", "pnl_diff", "total_pnl_live", "total_pnl_backtest",
+         "total_pnl_diff", "matched_pnl_diff"}
+PRICES = {"price", "entry_price", "exit_price", "decision_price", "stop_price", "target_price",
+          "live_entry_price", "backtest_entry_price", "live_exit_price", "backtest_exit_price"}
+
+
+def csv_value(column: str, v):
+    """A CSV cell: floats rounded by what they are (see MONEY, PRICES)."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return "" if v is None else v
+    if v != v:  # NaN
+        return ""
+    digits = 2 if column in MONEY else 6 if column in PRICES else 4 if column.endswith("_bps") else 8
+    return repr(round(v, digits) + 0.0)  # + 0.0: no "-0.0"
+
+
+def export_csv(client, run, out_dir: str, database: str = DATABASE) -> dict[str, int]:
+    """Write trades/orders/fills/equity/rejections/dead_letters/controls CSVs of a run
+    into out_dir; returns rows written per file. Floats are rounded by what
+    they are (`csv_value`)."""
     os.makedirs(out_dir, exist_ok=True)
+    data, public = _data_id(client, run, database), public_id(run)
     written = {}
     for name, (header, sql) in _EXPORTS.items():
         table = name[:-4]
-        rows = client.query(sql.format(src=_f(database, table)), parameters={"run_id": run_id}).result_rows
+        # the run id users know, not the attempt's data id
+        sql = sql.format(src=_f(database, table)).replace("SELECT run_id,", "SELECT {public:String},", 1)
+        rows = client.query(sql,
+                            parameters={"run_id": data, "public": public}).result_rows
         with open(os.path.join(out_dir, name), "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(header)
-            w.writerows([repr(v) if isinstance(v, float) else v for v in row] for row in rows)
+            w.writerows([csv_value(c, v) for c, v in zip(header, row)] for row in rows)
         written[name] = len(rows)
     return written
+
+
+def dead_letter_line(by_reason: dict) -> str | None:
+    """One line on the bars set aside (None when there were none)."""
+    n = sum(by_reason.values())
+    if not n:
+        return None
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(by_reason.items()))
+    return f"dead letters: {n:,} bar(s) set aside, never applied ({reasons})"
 
 
 # ------------------------------------------------------------------ the text
@@ -260,7 +331,7 @@ def format_report(perf: dict, breakdowns: dict[str, list[dict]], counts: dict) -
     return "\n".join(out) + "\n"
 
 
-def broker_summary(client, run_id: str) -> list[list[str]]:
+def broker_summary(client, run) -> list[list[str]]:
     """Calls to the broker of a trading run, by intent and status: how many,
     adopted after a restart, and the latency from the decision bar's close to
     the sink and from the sink to Alpaca's answer (p50 / p99, ms). Empty for
@@ -270,7 +341,8 @@ def broker_summary(client, run_id: str) -> list[list[str]]:
         "quantile(0.5)(decision_lag_ms), quantile(0.99)(decision_lag_ms), "
         "quantile(0.5)(submit_ms), quantile(0.99)(submit_ms) "
         "FROM thousandcuts.broker_orders FINAL WHERE run_id = {r:String} "
-        "GROUP BY intent, status ORDER BY intent, status", parameters={"r": run_id}).result_rows
+        "GROUP BY intent, status ORDER BY intent, status",
+        parameters={"r": _data_id(client, run)}).result_rows
     return [[intent, status, str(n), str(adopted), *(f"{v:,.0f}" for v in lat)]
             for intent, status, n, adopted, *lat in rows]
 

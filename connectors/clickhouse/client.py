@@ -23,41 +23,57 @@ chDB facts (chdb 4.4, clickhouse-connect 0.x/1.x, measured):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import threading
 from typing import Any
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from connectors.clickhouse.errors import (
+    DSN_FORMS,
+    ClickHouseDsnError,
+    ClickHouseUnavailable,
+    check_dsn,
+    chdb_dir_problem,
+    chdb_error,
+    server_error,
+)
 
 from connectors.clickhouse.schema import (
     DATABASE,
-    RUNS_COLUMNS,
+    BOOKKEEPING,
+    VIEWS,
     TABLES,
     column_types,
     ddl,
     to_columns,
+    view_ddl,
 )
 
 log = logging.getLogger(__name__)
 
 
-class ClickHouseUnavailable(Exception):
-    """ClickHouse cannot be reached: server down or unreachable, or a chDB
-    directory held by another process (or another directory already open in
-    this one). Retry with backoff, or stop with this message."""
+# clickhouse-connect logs a warning for every failed HTTP request before it
+# raises; the raised error becomes one line here (errors.server_error)
+logging.getLogger("clickhouse_connect.driver._backend.http_sync").setLevel(logging.ERROR)
 
 
 def normalise_dsn(dsn: str) -> str:
     """`chdb:///abs`, `chdb://./rel`, a bare directory path -> `chdb:///abs`;
-    `chdb://memory` and http(s) DSNs are returned unchanged."""
-    if dsn.startswith(("http://", "https://")) or dsn in ("chdb://memory", "chdb://:memory:"):
+    `chdb://memory` and http(s) DSNs are returned unchanged; anything else
+    (`foo://bar`) is a ClickHouseDsnError."""
+    kind = check_dsn(dsn)
+    if kind == "http" or dsn in ("chdb://memory", "chdb://:memory:"):
         return dsn
     path = dsn[len("chdb://"):] if dsn.startswith("chdb://") else dsn
     path, sep, query = path.partition("?")
     if not path:
-        raise ValueError(f"no directory in ClickHouse DSN {dsn!r}")
+        raise ClickHouseDsnError(f"no directory in ClickHouse DSN {dsn!r}: use {DSN_FORMS}")
     return "chdb://" + os.path.abspath(os.path.expanduser(path)) + sep + query
 
 
@@ -67,27 +83,85 @@ _client_locks: dict[int, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
-def open_client(dsn: str):
-    """The process's client for `dsn` (one per normalised DSN; chDB creates
-    the directory). Raises ClickHouseUnavailable with a one-line message."""
+def open_client(dsn: str, create: bool = True):
+    """The process's client for `dsn` (one per normalised DSN). A chDB
+    directory is created when missing unless `create` is False (readers:
+    `open_reader`). Every failure is ClickHouseUnavailable (or
+    ClickHouseDsnError) with one line naming the server or directory and
+    what to check."""
     norm = normalise_dsn(dsn)
     with _registry_lock:
         if norm in _clients:
             return _clients[norm]
+        engine_said = ""
         if norm.startswith("chdb:///"):
             other = [d for d in _clients if d.startswith("chdb:") and d != norm]
             if other:
                 raise ClickHouseUnavailable(
                     f"cannot open {norm}: chDB allows one directory per process and {other[0]} is open")
-            os.makedirs(norm[len("chdb://"):].partition("?")[0], exist_ok=True)
-        try:
-            client = clickhouse_connect.get_client(dsn=norm)
-        except (OperationalError, ProgrammingError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClickHouseUnavailable(f"ClickHouse at {norm} unavailable: {first}") from exc
+            path = norm[len("chdb://"):].partition("?")[0]
+            problem = chdb_dir_problem(path, create)
+            if problem is not None:
+                raise ClickHouseUnavailable(problem)
+            try:
+                with _engine_output() as said:
+                    client = clickhouse_connect.get_client(dsn=norm)
+            except Exception as exc:
+                raise chdb_error(exc, path, said.text) from exc
+        else:
+            try:
+                client = clickhouse_connect.get_client(dsn=norm)
+            except Exception as exc:  # urllib3, sockets, TLS, the server's own errors
+                raise server_error(exc, norm) from exc
         _clients[norm] = client
         _client_locks[id(client)] = threading.Lock()
         return client
+
+
+def open_reader(dsn: str):
+    """A client for reading a run's results: never creates a chDB directory,
+    and says so when there is no thousandcuts database (yet)."""
+    client = open_client(dsn, create=False)
+    try:
+        exists = client.command(f"EXISTS DATABASE `{DATABASE}`")
+    except Exception as exc:
+        raise server_error(exc, normalise_dsn(dsn)) from exc
+    if not int(exists):
+        where = normalise_dsn(dsn)
+        raise ClickHouseUnavailable(f"no thousandcuts data at {where} yet: run `cuts backtest` first "
+                                    f"(or check --clickhouse / CLICKHOUSE_DSN)")
+    return client
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _engine_output():
+    """What the chDB engine prints on the process's stdout while it starts
+    (it prints the true cause of a failure there): captured, passed on when
+    the start succeeds, part of the one-line error when it fails."""
+    captured = _Captured()
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout: nothing to capture
+        yield captured
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        failed = True
+        try:
+            yield captured
+            failed = False
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            captured.text = tmp.read().decode("utf-8", "replace")
+            if captured.text and not failed:
+                sys.stdout.write(captured.text)
 
 
 def client_lock(client) -> threading.Lock:
@@ -123,8 +197,10 @@ def ensure_schema(client, database: str = DATABASE) -> None:
     columns (with their defaults). Its sorting key stays as it was created:
     a warning says so (a fresh database, or `DROP TABLE`, takes the new one)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    for table in ("runs", *TABLES):
+    for table in (*BOOKKEEPING, *TABLES):
         client.command(ddl(table, database))
+    for view in VIEWS:
+        client.command(view_ddl(view, database))
     rows = client.query("SELECT table, name FROM system.columns WHERE database = {d:String}",
                         parameters={"d": database}).result_rows
     have: dict[str, set] = {}
@@ -151,13 +227,14 @@ def insert_columns(client, table: str, cols: dict[str, list], database: str = DA
     """One columnar insert; server-side connection failures become
     ClickHouseUnavailable."""
     names = list(cols)
-    types = column_types(table) if table in TABLES else [dict(RUNS_COLUMNS)[n] for n in names]
+    types = column_types(table) if table in TABLES else [dict(BOOKKEEPING[table][0])[n] for n in names]
     try:
         with client_lock(client):
             client.insert(table, data=[cols[n] for n in names], column_names=names,
                           column_type_names=types, column_oriented=True, database=database)
     except OperationalError as exc:
-        raise ClickHouseUnavailable(f"insert into {database}.{table} failed: {exc}") from exc
+        raise ClickHouseUnavailable(f"insert into {database}.{table} failed: "
+                                    f"{server_error(exc, getattr(client, 'url', '') or '?')}") from exc
 
 
 class ClickHouseWriter:

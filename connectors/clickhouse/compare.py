@@ -24,7 +24,8 @@ import csv
 import math
 from typing import Any
 
-from connectors.clickhouse.analytics import ISO, _rows, _table
+from connectors.clickhouse.analytics import ISO, _rows, _table, csv_value
+from connectors.clickhouse.runs import RunAttempt, current_attempt
 from connectors.clickhouse.schema import DATABASE
 
 BPS = 10_000
@@ -118,26 +119,35 @@ def _summary(client, live_run: str, backtest_run: str, database: str) -> dict:
         SELECT (SELECT count() FROM {_trades(database, 'live')}) AS live_trades,
             (SELECT count() FROM {_trades(database, 'bt')}) AS backtest_trades,
             (SELECT sum(pnl) FROM {_trades(database, 'live')}) AS total_pnl_live,
-            (SELECT sum(pnl) FROM {_trades(database, 'bt')}) AS total_pnl_backtest,
-            (SELECT any(config_json) FROM `{database}`.runs FINAL WHERE run_id = {{live:String}})
-                = (SELECT any(config_json) FROM `{database}`.runs FINAL WHERE run_id = {{bt:String}})
-                AS same_config""",
+            (SELECT sum(pnl) FROM {_trades(database, 'bt')}) AS total_pnl_backtest""",
               live=live_run, bt=backtest_run)[0]
     return {**m, **t, "missed": t["backtest_trades"] - m["matched"], "extra": t["live_trades"] - m["matched"],
-            "total_pnl_diff": t["total_pnl_live"] - t["total_pnl_backtest"],
-            "same_config": bool(t["same_config"])}
+            "total_pnl_diff": t["total_pnl_live"] - t["total_pnl_backtest"]}
 
 
-def compare_runs(client, live_run: str, backtest_run: str, database: str = DATABASE) -> dict:
-    """Live run versus backtest: `summary`, `matched`, `missed`, `extra` and
-    the live run's `fill_slippage` (see the module docstring)."""
-    summary = _summary(client, live_run, backtest_run, database)
+def _attempt(client, run, database: str) -> RunAttempt:
+    """The attempt a comparison reads (the run's current one)."""
+    if isinstance(run, RunAttempt):
+        return run
+    found = current_attempt(client, run, database)
+    return found if found is not None else RunAttempt(run, 1, run, "", "unknown")
+
+
+def compare_runs(client, live_run, backtest_run, database: str = DATABASE) -> dict:
+    """Live run versus backtest (run ids or RunAttempts: each run's current
+    attempt): `summary`, `matched`, `missed`, `extra`, the live run's
+    `fill_slippage` (see the module docstring) and both runs' statuses."""
+    live, bt = _attempt(client, live_run, database), _attempt(client, backtest_run, database)
+    live_data, bt_data = live.data_id, bt.data_id
+    summary = _summary(client, live_data, bt_data, database)
+    summary["same_config"] = live.config_json == bt.config_json
     return {
-        "live_run": live_run, "backtest_run": backtest_run, "summary": summary,
-        "matched": matched_trades(client, live_run, backtest_run, database),
-        "missed": _only_in(client, backtest_run, live_run, database),
-        "extra": _only_in(client, live_run, backtest_run, database),
-        "fill_slippage": fill_slippage(client, live_run, database),
+        "live_run": live.run_id, "backtest_run": bt.run_id, "summary": summary,
+        "live_status": live.status, "backtest_status": bt.status,
+        "matched": matched_trades(client, live_data, bt_data, database),
+        "missed": _only_in(client, bt_data, live_data, database),
+        "extra": _only_in(client, live_data, bt_data, database),
+        "fill_slippage": fill_slippage(client, live_data, database),
     }
 
 
@@ -161,13 +171,12 @@ def comparison_rows(result: dict) -> list[dict]:
 
 
 def write_comparison_csv(result: dict, path: str) -> int:
-    """The per-trade comparison as CSV (floats in full precision); rows written."""
+    """The per-trade comparison as CSV (floats rounded: `analytics.csv_value`); rows written."""
     rows = comparison_rows(result)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(COMPARISON_CSV_COLUMNS)
-        w.writerows([repr(r[c]) if isinstance(r[c], float) else r[c] for c in COMPARISON_CSV_COLUMNS]
-                    for r in rows)
+        w.writerows([csv_value(c, r[c]) for c in COMPARISON_CSV_COLUMNS] for r in rows)
     return len(rows)
 
 
@@ -206,6 +215,10 @@ def format_comparison(result: dict) -> str:
                ("P&L difference, matched $", s["matched_pnl_diff"], "$")]
     out = [f"Live run {result['live_run']} versus backtest {result['backtest_run']}",
            "(slippage in basis points, positive = worse for us)"]
+    bt_status = result.get("backtest_status", "finished")
+    if bt_status != "finished":
+        out.append(f"warning: the backtest {result['backtest_run']} is {bt_status.upper()}, not finished: "
+                   f"its trades are partial and the comparison is incomplete")
     if not s["same_config"]:
         out.append("warning: the two runs have different trading configurations")
     out += ["", _table(["Metric", "Value"], [[label, _n(v, kind)] for label, v, kind in summary])]

@@ -65,6 +65,33 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
 RUNS_COLUMNS: list[tuple[str, str]] = [
     ("run_id", _S), ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"),
     ("bar_count", "UInt64"), ("mode", _S), ("status", _S), ("version", "UInt64")]
+# One row per attempt of a run (connectors.clickhouse.runs): which data id
+# its rows are stored under, where its bars came from, how it ended.
+ATTEMPT_COLUMNS: list[tuple[str, str]] = [
+    ("run_id", _S), ("attempt", "UInt32"), ("data_id", _S), ("mode", _S), ("source", _S),
+    ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"), ("status", _S),
+    ("bar_count", "UInt64"), ("detail", _S), ("host", _S), ("pid", "UInt32"), ("version", "UInt64")]
+# bookkeeping tables: columns and ORDER BY (ReplacingMergeTree(version): the newest row wins)
+BOOKKEEPING: dict[str, tuple[list[tuple[str, str]], tuple[str, ...]]] = {
+    "runs": (RUNS_COLUMNS, ("run_id",)),
+    "run_attempts": (ATTEMPT_COLUMNS, ("run_id", "attempt")),
+}
+
+
+# For SQL by hand: each run's current attempt (connectors.clickhouse.runs.pick_current):
+#   SELECT ... FROM thousandcuts.trades FINAL
+#   WHERE run_id = (SELECT data_id FROM thousandcuts.current_runs WHERE run_id = 'bt-...')
+VIEWS = {"current_runs": """
+    SELECT run_id, argMax(a.data_id, (a.status = 'finished', a.attempt)) AS data_id,
+        argMax(a.attempt, (a.status = 'finished', a.attempt)) AS attempt,
+        argMax(a.status, (a.status = 'finished', a.attempt)) AS status
+    FROM (SELECT run_id, data_id, attempt, status FROM `{db}`.run_attempts FINAL
+          WHERE status != 'replaced') AS a
+    GROUP BY run_id"""}
+
+
+def view_ddl(name: str, database: str = DATABASE) -> str:
+    return f"CREATE VIEW IF NOT EXISTS `{database}`.`{name}` AS {VIEWS[name].format(db=database)}"
 
 
 def column_names(table: str) -> list[str]:
@@ -111,8 +138,8 @@ def _nullable(values, n: int) -> list:
 
 def ddl(table: str, database: str = DATABASE) -> str:
     """CREATE TABLE IF NOT EXISTS statement of one table."""
-    if table == "runs":
-        cols, order, engine = RUNS_COLUMNS, ("run_id",), "ReplacingMergeTree(version)"
+    if table in BOOKKEEPING:
+        (cols, order), engine = BOOKKEEPING[table], "ReplacingMergeTree(version)"
     else:
         cols = [("run_id", _S)] + [(n, t) for n, t, _ in TABLES[table][0]]
         order, engine = ("run_id",) + TABLES[table][1], "ReplacingMergeTree"

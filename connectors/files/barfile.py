@@ -38,36 +38,86 @@ class BarColumns:
     trade_count: np.ndarray | None
     vwap: np.ndarray | None
     codes: np.ndarray | None = None  # symbol codes (sorted symbol order), set by plan_emission
+    # where a row is in the file, as a person finds it: "bars.csv line " + (row + 2)
+    # for a CSV (an editor's line, after the header), "bars.parquet row " + (row + 1)
+    origin_prefix: str = "row "
+    origin_offset: int = 1
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def where(self, row: int) -> str:
+        return f"{self.origin_prefix}{row + self.origin_offset}"
+
+
+TIME_FORMATS = ("ISO 8601 times, e.g. 2024-01-02T14:30:00Z, 2024-01-02 09:30:00-05:00 or 2024-01-02 14:30 "
+                "(no zone: UTC), or a Parquet timestamp column")
 
 
 def read_bar_file(path: str) -> BarColumns:
     if not os.path.exists(path):
         raise BarFileError(f"bar file not found: {path}")
+    if os.path.isdir(path):
+        raise BarFileError(f"{path} is a directory: pass a .parquet or .csv file")
     ext = os.path.splitext(path)[1].lower()
+    name = os.path.basename(path)
     try:
         if ext == ".parquet":
             df = pd.read_parquet(path)
+            where = (f"{name} row ", 1)
         elif ext == ".csv":
-            df = pd.read_csv(path, dtype={"symbol": str})
+            df = pd.read_csv(path, dtype={_csv_column(path, "symbol"): str})
+            where = (f"{name} line ", 2)  # an editor's line numbers: the header is line 1
         else:
             raise BarFileError(f"unsupported bar file type {ext or '(none)'}: use .parquet or .csv ({path})")
     except BarFileError:
         raise
+    except pd.errors.EmptyDataError:
+        raise BarFileError(f"{path}: empty file, no bars") from None
     except Exception as exc:  # the reader's own error types vary by format
         raise BarFileError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return frame_to_columns(df, path)
+    if not len(df):
+        what = "only a header" if ext == ".csv" and len(df.columns) else "no rows"
+        raise BarFileError(f"{path}: no bars ({what})")
+    return frame_to_columns(df, path, *where)
 
 
-def frame_to_columns(df: pd.DataFrame, path: str = "bars") -> BarColumns:
+def _csv_column(path: str, name: str) -> str:
+    """The header's spelling of column `name` (case and spaces aside)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    return next((c for c in header if c.strip().lower() == name), name)
+
+
+def _columns_by_name(df: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Column names compared without case and surrounding spaces
+    (`Symbol,Timestamp,Open,...` is accepted); two names that differ only
+    that way are refused."""
+    seen: dict[str, str] = {}
+    for c in map(str, df.columns):
+        key = c.strip().lower()
+        if key in seen:
+            raise BarFileError(f"{path}: columns {seen[key]!r} and {c!r} differ only in case or spaces: keep one")
+        seen[key] = c
+    return df.rename(columns={c: c.strip().lower() for c in seen.values()})
+
+
+def frame_to_columns(df: pd.DataFrame, path: str = "bars", origin_prefix: str = "row ",
+                     origin_offset: int = 1) -> BarColumns:
     if isinstance(df.index, pd.MultiIndex) and "symbol" in df.index.names:
         df = df.reset_index()  # alpaca-py's BarSet.df shape
+    df = _columns_by_name(df, path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise BarFileError(f"{path}: missing column(s) {', '.join(missing)}")
-    ts = _epoch_seconds(df["timestamp"], path)
+        raise BarFileError(f"{path}: missing column(s) {', '.join(missing)} (it has: {', '.join(map(str, df.columns))}; "
+                           f"needed: {','.join(REQUIRED)}, optional: {','.join(OPTIONAL)})")
+
+    def where(row: int) -> str:
+        return f"{origin_prefix}{row + origin_offset}"
+
+    ts = _epoch_seconds(df["timestamp"], where)
     cols = {}
     for c in ("open", "high", "low", "close", "volume") + OPTIONAL:
         if c not in df.columns:
@@ -77,27 +127,47 @@ def frame_to_columns(df: pd.DataFrame, path: str = "bars") -> BarColumns:
         bad = values.isna() & df[c].notna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise BarFileError(f"{path}: column {c} row {row}: not a number: {df[c].iloc[row]!r}")
+            raise BarFileError(f"{where(row)}: column {c}: not a number: {df[c].iloc[row]!r}")
         cols[c] = values.to_numpy(dtype="float64")
     symbol = df["symbol"].astype(object).where(df["symbol"].notna(), "").astype(str).to_numpy(dtype=object)
     return BarColumns(symbol, ts, cols["open"], cols["high"], cols["low"], cols["close"],
-                      cols["volume"], cols["trade_count"], cols["vwap"])
+                      cols["volume"], cols["trade_count"], cols["vwap"], origin_prefix=origin_prefix,
+                      origin_offset=origin_offset)
 
 
-def _epoch_seconds(col: pd.Series, path: str) -> np.ndarray:
-    try:
-        if pd.api.types.is_datetime64_any_dtype(col):
-            stamps = col if getattr(col.dt, "tz", None) is not None else col.dt.tz_localize("UTC")
-            stamps = stamps.dt.tz_convert("UTC")
-        else:
+def _epoch_seconds(col: pd.Series, where) -> np.ndarray:
+    """UTC epoch seconds of a timestamp column; the first value that is not a
+    time stops the read with its place in the file and the formats accepted."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        stamps = col if getattr(col.dt, "tz", None) is not None else col.dt.tz_localize("UTC")
+        stamps = stamps.dt.tz_convert("UTC")
+    elif pd.api.types.is_numeric_dtype(col):
+        raise BarFileError(f"{where(0)}: timestamp {str(col.iloc[0])!r} is a number: write {TIME_FORMATS}")
+    else:
+        try:
             stamps = pd.to_datetime(col, utc=True, format="ISO8601")
-    except (ValueError, TypeError) as exc:
-        raise BarFileError(f"{path}: column timestamp: unparseable time ({exc})".splitlines()[0]) from None
+        except (ValueError, TypeError, OverflowError):
+            stamps = _parse_each(col, where)
     if stamps.isna().any():
         row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-        raise BarFileError(f"{path}: column timestamp row {row}: missing time")
+        raise BarFileError(f"{where(row)}: no timestamp")
     ns = stamps.dt.as_unit("ns").astype("int64").to_numpy()
     return ns // 1_000_000_000  # whole seconds (sub-second parts are dropped)
+
+
+def _parse_each(col: pd.Series, where) -> pd.Series:
+    """The column parsed value by value: the first bad one is the error."""
+    for row, value in enumerate(col.tolist()):
+        if value is None or (isinstance(value, float) and value != value):
+            continue  # missing: reported as "no timestamp"
+        try:
+            pd.to_datetime(value, utc=True, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            raise BarFileError(f"{where(row)}: timestamp {str(value)[:60]!r} is not a time: use "
+                               f"{TIME_FORMATS}") from None
+    # each value alone is fine, together they are not (mixed forms): per value, in UTC
+    return pd.Series([pd.to_datetime(v, utc=True, format="ISO8601") if v == v and v is not None else pd.NaT
+                      for v in col.tolist()], index=col.index, dtype="datetime64[ns, UTC]")
 
 
 def partition_of(symbol: str, partitions: int) -> int:
@@ -132,6 +202,7 @@ class _FilePartition(StatefulSourcePartition):
         self.partition = partition
         self.block_rows = block_rows
         self.prefix = origin_prefix
+        self.offset = cols.origin_offset
         self.progress = progress
         self.pos, self.seq = resume if resume is not None else (0, 0)
         self.done = False
@@ -155,7 +226,7 @@ class _FilePartition(StatefulSourcePartition):
                     c.trade_count[r] if c.trade_count is not None else None,
                     c.vwap[r] if c.vwap is not None else None,
                 )
-                out.append(Chunk(self.partition, self.seq, block.symbol, block, r, self.prefix))
+                out.append(Chunk(self.partition, self.seq, block.symbol, block, r + self.offset, self.prefix))
                 self.seq += 1
         wm = int(self.sufmin[self.rows[end]]) if end < len(self.rows) else END_OF_TIME
         out.append(Watermark(self.partition, self.seq, wm))
@@ -172,14 +243,15 @@ class _FilePartition(StatefulSourcePartition):
 
 
 class BarFileSource(FixedPartitionedSource):
-    """Emits a bar file as `partitions` event-time partitions (symbols by crc32)."""
+    """Emits a bar file as `partitions` event-time partitions (symbols by crc32).
+    A dead letter's origin is its place in the file (`BarColumns.where`)."""
 
     def __init__(self, cols: BarColumns, partitions: int = 1, block_rows: int = 16_384,
-                 origin_prefix: str = "row ", progress=None):
+                 origin_prefix: str | None = None, progress=None):
         self.cols = cols
         self.partitions = max(1, partitions)
         self.block_rows = block_rows
-        self.prefix = origin_prefix
+        self.prefix = cols.origin_prefix if origin_prefix is None else origin_prefix
         self.progress = progress
         order, self.sufmin = plan_emission(cols)
         codes, uniques = pd.factorize(cols.symbol, sort=True)

@@ -9,49 +9,54 @@ import time
 from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
 from connectors.clickhouse import analytics
 from connectors.clickhouse.client import (
+    ClickHouseDsnError,
     ClickHouseUnavailable,
-    close_clients,
     open_client,
 )
+from connectors.clickhouse.runs import RunIdError
 from connectors.config import clickhouse_dsn, kafka_bootstrap, load_trading_config
 from connectors.files.barfile import BarFileError, read_bar_file
 from connectors.kafka.admin import KafkaConnectorError
 from dataflows.backtest import run_backtest, run_replay
+from dataflows.cli.args import UsageError
 from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
 
 
-class UsageError(Exception):
-    """The command asks for something that is not there (a run id, say)."""
-
-
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
-USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
-               RecoveryMismatch, TradingUsageError, CalendarUnavailable)
+USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, ClickHouseDsnError, UsageError,
+               KafkaConnectorError, RecoveryMismatch, TradingUsageError, CalendarUnavailable, RunIdError)
 
 
-def dispatch(command, args) -> int:
-    """Run one subcommand's function; ClickHouse clients closed after it."""
-    try:
-        return command(args)
-    finally:
-        close_clients()  # on the main thread (closing from a worker thread hangs)
+def _finish(client, run, out: str | None, quiet: bool) -> None:
+    """After a finished run: its CSV files (`--out`) and its report, both of
+    exactly that attempt (`run`: the RunAttempt the runner returned)."""
+    from connectors.clickhouse.report import build_report, format_text
 
-
-def _finish(client, run_id: str, out: str | None, quiet: bool) -> None:
     if out:
-        written = analytics.export_csv(client, run_id, out)
+        written = analytics.export_csv(client, run, out)
         if not quiet:
             print(f"wrote {', '.join(f'{k} ({v} rows)' for k, v in written.items())} to {out}",
                   file=sys.stderr)
     if not quiet:
-        print(_report(client, run_id))
+        print(format_text(build_report(client, run)))
+
+
+def _config(path: str | None):
+    """The trading configuration, with a warning for each strategy that can never enter."""
+    from operators.config_checks import never_entering
+
+    config = load_trading_config(path)
+    for warning in never_entering(config):
+        print(f"cuts: warning: {warning}", file=sys.stderr)
+    return config
 
 
 def cmd_backtest(args) -> int:
-    config = load_trading_config(args.config)
+    config = _config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
+    open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
@@ -64,8 +69,16 @@ def cmd_backtest(args) -> int:
     resumed = " (resumed from the recovery directory)" if result.resumed else ""
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
           f"({rate:,.0f} bars/s){resumed}")
-    _finish(open_client(dsn), result.run_id, args.out, args.quiet)
+    _say_dead_letters(result, args.out)
+    _finish(open_client(dsn), result.attempt or result.run_id, args.out, args.quiet)
     return 0
+
+
+def _say_dead_letters(result, out: str | None) -> None:
+    line = analytics.dead_letter_line(result.dead_letters)
+    if line:
+        where = "dead_letters.csv and " if out else ""
+        print(f"{line}: see {where}`cuts report`")
 
 
 def cmd_run(args) -> int:
@@ -75,13 +88,14 @@ def cmd_run(args) -> int:
     addresses = [a for a in args.addresses.split(";") if a]
     if addresses and not 0 <= args.process_id < len(addresses):
         raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
-    config = load_trading_config(args.config)
+    config = _config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    if len(addresses) > 1 and dsn.startswith("chdb:"):
+    if len(addresses) > 1 and not dsn.startswith(("http://", "https://")):
         raise UsageError("several processes (--addresses) need a ClickHouse server (--clickhouse "
                          "http://host:8123): an embedded chDB directory can be opened by one process only")
     if args.live and not args.alpaca:
         raise UsageError("--live trades through Alpaca: add --alpaca")
+    open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
     if args.alpaca:
         if addresses:
             raise UsageError("--alpaca runs in one process (the broker sink and relay are one each)")
@@ -186,52 +200,6 @@ def cmd_control(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    client = open_client(clickhouse_dsn(args.clickhouse))
-    if args.against is not None or args.csv is not None:
-        return _report_against(client, args)
-    run_id = args.run_id or analytics.latest_run_id(client)
-    if run_id is None:
-        raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
-    print(_report(client, run_id))
-    return 0
-
-
-def _report(client, run_id: str) -> str:
-    info = analytics.run_info(client, run_id)
-    if not info:
-        raise UsageError(f"unknown run id: {run_id}")
-    perf = analytics.performance(client, run_id)
-    breakdowns = {by: analytics.breakdown(client, run_id, by)
-                  for by in ("strategy", "exit_reason", "symbol", "day")}
-    text = analytics.format_report(perf, breakdowns, analytics.counts(client, run_id))
-    broker = analytics.broker_summary(client, run_id)
-    return text + analytics.format_broker_summary(broker) if broker else text
-
-
-def _report_against(client, args) -> int:
-    """`cuts report --against BACKTEST`: the live run (default: the latest
-    other run) versus the backtest of the same bars."""
-    from connectors.clickhouse import compare
-
-    if args.against is None:
-        raise UsageError("--csv needs --against RUN_ID")
-    run_id = args.run_id or compare.latest_other_run(client, args.against)
-    if run_id is None:
-        raise UsageError(f"no run to compare with {args.against}: pass --run-id")
-    for rid in (args.against, run_id):
-        if not analytics.run_info(client, rid):
-            raise UsageError(f"unknown run id: {rid}")
-    if run_id == args.against:
-        raise UsageError(f"--run-id and --against are the same run: {run_id}")
-    result = compare.compare_runs(client, run_id, args.against)
-    if args.csv:
-        rows = compare.write_comparison_csv(result, args.csv)
-        print(f"wrote {rows} compared trades to {args.csv}", file=sys.stderr)
-    print(compare.format_comparison(result))
-    return 0
-
-
 def cmd_generate(args) -> int:
     from connectors.files.synthetic import generate_bars, write_bars
 
@@ -264,7 +232,8 @@ def cmd_demo(args) -> int:
     rate = result.bars / max(result.seconds, 1e-9)
     print(f"run {result.run_id}: {result.bars:,} bars from Kafka in {result.seconds:.1f} s "
           f"({rate:,.0f} bars/s)")
-    _finish(open_client(dsn), result.run_id, os.path.join(args.dir, "out"), False)
+    _say_dead_letters(result, os.path.join(args.dir, "out"))
+    _finish(open_client(dsn), result.attempt or result.run_id, os.path.join(args.dir, "out"), False)
     print(f"\nCSV files in {os.path.join(args.dir, 'out')}; ClickHouse data in {dsn}")
     return 0
 
@@ -273,7 +242,6 @@ COMMANDS = {
     "backtest": cmd_backtest,
     "run": cmd_run,
     "publish": cmd_publish,
-    "report": cmd_report,
     "halt": cmd_control,
     "resume": cmd_control,
     "generate": cmd_generate,

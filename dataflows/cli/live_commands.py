@@ -30,6 +30,7 @@ from connectors.alpaca.minutes import in_regular_session
 if TYPE_CHECKING:
     from connectors.alpaca.stream import StreamSettings
 from dataflows.cli.args import positive_int as _positive_int
+from operators.config import ConfigError
 from operators.types import iso
 
 TEST_FEED_SYMBOL = "FAKEPACA"  # the only symbol of Alpaca's test feed (longer than SYMBOL_RE allows)
@@ -40,7 +41,7 @@ class LiveUsageError(ValueError):
 
 
 USER_ERRORS = (SymbolsError, BackfillArgumentError, AlpacaRejected, AlpacaUnavailable, StreamRejected,
-               LiveUsageError)
+               LiveUsageError, ConfigError)
 
 
 def _seconds(text: str) -> float:
@@ -66,9 +67,10 @@ def register(sub) -> None:
     _symbol_args(st)
     st.add_argument("--feed", choices=("iex", "sip", "test"),
                     help="default ALPACA_FEED, else stream.feed of the config")
-    st.add_argument("--config", help="trading configuration YAML (its stream section)")
+    st.add_argument("--config", help="trading configuration YAML, its stream section (default: "
+                                     "config/trading.yaml)")
     st.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
-    st.add_argument("--topic", default="bars")
+    st.add_argument("--topic", default="bars", help="the bars topic to write")
     st.add_argument("--partitions", type=_positive_int, default=1,
                     help="partitions when the topic is created (an existing topic keeps its own)")
     st.add_argument("--dead-letter-topic", default="bars.dead_letters",
@@ -96,12 +98,14 @@ def register(sub) -> None:
                     help="YYYY-MM-DD (that whole day included) or ISO 8601 time (exclusive)")
     bf.add_argument("--timeframe", default="1Min", help="1Min (default), 5Min, 1Hour, 1Day, ...")
     bf.add_argument("--feed", choices=("iex", "sip"), help="default ALPACA_FEED, else stream.feed")
-    bf.add_argument("--adjustment", choices=("raw", "split", "dividend", "all"), default="raw")
-    bf.add_argument("--config", help="trading configuration YAML (its stream section)")
+    bf.add_argument("--adjustment", choices=("raw", "split", "dividend", "all"), default="raw",
+                    help="Alpaca's corporate-action adjustment of the prices")
+    bf.add_argument("--config", help="trading configuration YAML, its stream section (default: "
+                                     "config/trading.yaml)")
     out = bf.add_mutually_exclusive_group()
     out.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
-    out.add_argument("--out", help="write a .parquet or .csv bar file instead")
-    bf.add_argument("--topic", default="bars")
+    out.add_argument("--out", help="write a .parquet or .csv bar file instead (default: the topic)")
+    bf.add_argument("--topic", default="bars", help="the bars topic to write")
     bf.add_argument("--partitions", type=_positive_int, default=1,
                     help="partitions when the topic is created")
     bf.add_argument("--records", choices=("bars", "bar"), default="bars",

@@ -2,109 +2,139 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import signal
 import sys
 
-from dataflows.cli import live_commands, reconcile_command
-from dataflows.cli.args import EXIT_USAGE
+from dataflows.cli.args import EXIT_USAGE, UsageError, out_dir_arg
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
 from dataflows.stop import RunInterrupted, StopSignal, exit_code, raise_on_signals, signal_name
 
 
+CLICKHOUSE_HELP = "chdb:///dir or http://host:8123 (default: CLICKHOUSE_DSN, else ./data/clickhouse)"
+KAFKA_HELP = "Kafka bootstrap servers, host:port (default: KAFKA_BOOTSTRAP)"
+CONFIG_HELP = "trading configuration YAML (default: config/trading.yaml, else the built-in defaults)"
+
+
 def _recovery_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recovery-dir", help="turn on Bytewax recovery with snapshots in this directory")
+    p.add_argument("--recovery-dir", metavar="DIR",
+                   help="turn on Bytewax recovery with snapshots in this directory; the same command "
+                        "resumes from it (default: no recovery)")
     p.add_argument("--snapshot-s", type=_positive_int, default=10,
-                   help="seconds between snapshots (with --recovery-dir; default 10)")
+                   help="seconds between snapshots (with --recovery-dir)")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("thousandcuts")
+    except PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover trading on minute bars")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from dataflows.cli import live_commands, reconcile_command, run_commands
 
-    bt = sub.add_parser("backtest", help="run the flow over a bar file or a replayed topic")
+    p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover and panic-rebound trading on minute "
+                                         "bars. Rules: docs/trading-rules.md")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text)
+
+    bt = command("backtest", "run the flow over a bar file or a replayed topic")
     src = bt.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bars", help="Parquet or CSV file of minute bars")
+    src.add_argument("--bars", metavar="PATH", help="Parquet or CSV file of minute bars")
     src.add_argument("--kafka", metavar="BOOTSTRAP", help="replay a bars topic from this broker")
     bt.add_argument("--topic", default="bars", help="topic to replay (with --kafka)")
     bt.add_argument("--from-beginning", action="store_true", default=True,
-                    help="replay from the first offset (the default; a recovery dir resumes)")
-    bt.add_argument("--config", help="trading configuration YAML (default config/trading.yaml)")
-    bt.add_argument("--run-id", help="run id (default: derived from the file and config)")
-    bt.add_argument("--clickhouse", help="chdb:///dir or http://host:8123 (default ./data/clickhouse)")
-    bt.add_argument("--out", help="also write trades.csv, orders.csv, ... to this directory")
-    bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
-    bt.add_argument("--quiet", action="store_true", help="no progress or report")
+                    help="replay from the first offset (the default and only way; a recovery dir resumes "
+                         "where it stopped)")
+    bt.add_argument("--config", help=CONFIG_HELP)
+    bt.add_argument("--run-id", help="run id (default: derived from the file or topic and the config, so "
+                                     "the same backtest has the same id; a rerun is a new attempt)")
+    bt.add_argument("--clickhouse", metavar="DSN", help=CLICKHOUSE_HELP)
+    bt.add_argument("--out", metavar="DIR", type=out_dir_arg,
+                    help="also write trades.csv, orders.csv, ... to this directory, checked before the "
+                         "run (default: none)")
+    bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers")
+    bt.add_argument("--quiet", action="store_true", help="no progress or report (default: both shown)")
     _recovery_args(bt)
 
-    run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker, "
-                                     "or Alpaca with --alpaca)")
-    run.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
-    run.add_argument("--topic", default="bars")
-    run.add_argument("--config")
-    run.add_argument("--run-id")
-    run.add_argument("--clickhouse")
+    run = command("run", "live: tail the bars topic through the flow (simulated broker, or Alpaca with "
+                         "--alpaca)")
+    run.add_argument("--kafka", metavar="BOOTSTRAP", help=KAFKA_HELP)
+    run.add_argument("--topic", default="bars", help="the bars topic")
+    run.add_argument("--config", help=CONFIG_HELP)
+    run.add_argument("--run-id", help="run id, the same across restarts (default: derived from the topic "
+                                      "and the config; --alpaca needs one)")
+    run.add_argument("--clickhouse", metavar="DSN", help=CLICKHOUSE_HELP)
     run.add_argument("--workers", type=_positive_int, default=1, help="workers in this process")
     run.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
     run.add_argument("-a", "--addresses", default="",
-                     help="host:port of every process, ';'-separated, same order on all (multi-process)")
-    run.add_argument("--dead-letter-topic", default="bars.dead_letters")
+                     help="host:port of every process, ';'-separated, same order on all (default: one "
+                          "process)")
+    run.add_argument("--dead-letter-topic", default="bars.dead_letters",
+                     help="undecodable records are copied here")
     run.add_argument("--alpaca", action="store_true",
-                     help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
-    run.add_argument("--live", action="store_true", help="with --alpaca: the live account (real money)")
-    run.add_argument("--trade-topic", help="topic of the broker's trade updates (default trade_updates.RUN_ID)")
+                     help="trade through Alpaca: the paper account unless --live and ALPACA_PAPER=false "
+                          "(default: the simulated broker)")
+    run.add_argument("--live", action="store_true",
+                     help="with --alpaca: the live account, real money (default: paper)")
+    run.add_argument("--trade-topic", help="topic of the broker's trade updates (default: "
+                                           "trade_updates.RUN_ID)")
     run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
     run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
     run.add_argument("--clock-refresh-s", type=float, default=15.0, help=argparse.SUPPRESS)
     run.add_argument("--trading-url", help=argparse.SUPPRESS)
     _recovery_args(run)
 
-    pub = sub.add_parser("publish", help="play a bar file into a Kafka topic with event-time markers")
-    pub.add_argument("--bars", required=True)
-    pub.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
-    pub.add_argument("--topic", default="bars")
+    pub = command("publish", "play a bar file into a Kafka topic with event-time markers")
+    pub.add_argument("--bars", metavar="PATH", required=True, help="Parquet or CSV file of minute bars")
+    pub.add_argument("--kafka", metavar="BOOTSTRAP", help=KAFKA_HELP)
+    pub.add_argument("--topic", default="bars", help="the topic to write")
     pub.add_argument("--partitions", type=_positive_int, default=1,
                      help="partitions when the topic is created (an existing topic keeps its own)")
     pub.add_argument("--speed", type=float, default=None,
                      help="X times real time (default: as fast as possible)")
     pub.add_argument("--records", choices=("bars", "bar"), default=None,
                      help="bars: several minutes of a symbol per record, replays 3-4x faster to the same "
-                          "results (default without --speed); bar: one bar per record as `cuts stream` "
-                          "writes (default with --speed)")
+                          "results; bar: one bar per record as `cuts stream` writes (default: bars, or bar "
+                          "with --speed)")
 
     for name, text in (("halt", "kill switch: stop new entries in the running flow"),
                        ("resume", "lift a kill-switch halt")):
-        ks = sub.add_parser(name, help=text)
-        ks.add_argument("--kafka", metavar="BOOTSTRAP", help="broker (default KAFKA_BOOTSTRAP)")
-        ks.add_argument("--topic", default="bars")
+        ks = command(name, text)
+        ks.add_argument("--kafka", metavar="BOOTSTRAP", help=KAFKA_HELP)
+        ks.add_argument("--topic", default="bars", help="the bars topic the running flow reads")
         ks.add_argument("--why", required=True, help="the reason, recorded in ClickHouse")
         ks.add_argument("--who", help="who decided (default: the login name)")
         if name == "halt":
             ks.add_argument("--flatten", action="store_true",
-                            help="also cancel pending entries and close every position at market")
+                            help="also cancel pending entries and close every position at market "
+                                 "(default: positions stay)")
 
-    rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse")
-    rp.add_argument("--run-id", help="run id (default: the latest run)")
-    rp.add_argument("--clickhouse", help="chdb:///dir or http://host:8123")
-    rp.add_argument("--against", metavar="RUN_ID",
-                    help="compare the run (a live or paper one; default: the latest other run) with "
-                         "this backtest of the same bars: slippage, missed and extra trades")
-    rp.add_argument("--csv", metavar="PATH", help="with --against: also write the per-trade comparison here")
+    run_commands.register(sub)
 
-    gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
-    gen.add_argument("--symbols", type=_positive_int, required=True)
-    gen.add_argument("--days", type=_positive_int, required=True)
-    gen.add_argument("--seed", type=int, required=True)
+    gen = command("generate", "write seeded synthetic minute bars")
+    gen.add_argument("--symbols", type=_positive_int, required=True, help="how many symbols")
+    gen.add_argument("--days", type=_positive_int, required=True, help="how many trading days")
+    gen.add_argument("--seed", type=int, required=True, help="random seed: the same seed, the same bars")
     gen.add_argument("--start", default="2024-01-02", help="first session date (YYYY-MM-DD)")
-    gen.add_argument("--out", required=True, help="output .parquet or .csv")
+    gen.add_argument("--out", metavar="PATH", required=True, help="output .parquet or .csv")
 
     live_commands.register(sub)
     reconcile_command.register(sub)
 
-    demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
+    demo = command("demo", "generate a market, publish it to Kafka, replay it, print the report")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
-    demo.add_argument("--symbols", type=_positive_int, default=31)
-    demo.add_argument("--days", type=_positive_int, default=20)
+    demo.add_argument("--symbols", type=_positive_int, default=31, help="symbols of the generated market")
+    demo.add_argument("--days", type=_positive_int, default=20, help="days of the generated market")
     return p
 
 
@@ -121,7 +151,15 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
 def main(argv: list[str] | None = None) -> int:
     raise_on_signals()  # SIGTERM as SIGINT: one line and 128 + signal, never a traceback
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # `cuts report | head`: the reader has what it wanted. Silence, as a
+        # program killed by SIGPIPE; nothing more goes to the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return exit_code(signal.SIGPIPE)
     except StopSignal as stop:  # outside a flow (a flow's stop is RunInterrupted)
         print(f"cuts: interrupted by {signal_name(stop.signum)}", file=sys.stderr)
         return exit_code(stop.signum)
@@ -130,16 +168,35 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(signal.SIGINT)
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    from dataflows.cli import (
-        commands,  # heavy imports only after the arguments are valid
-    )
+# command -> the module of dataflows.cli that runs it (imported only for it:
+# `cuts report` does not load pandas, Kafka or Bytewax)
+COMMAND_MODULES = {
+    "backtest": "commands", "run": "commands", "publish": "commands", "halt": "commands",
+    "resume": "commands", "generate": "commands", "demo": "commands",
+    "report": "run_commands", "runs": "run_commands",
+    "stream": "live_commands", "backfill": "live_commands", "reconcile": "reconcile_command",
+}
 
-    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS)
-    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS}
+
+def _all_user_errors() -> tuple:
+    """Every command module's one-line errors (imports them all: only on the
+    way out with an error the command's own list did not name)."""
+    out: tuple = (UsageError,)
+    for name in sorted(set(COMMAND_MODULES.values())):
+        out += importlib.import_module(f"dataflows.cli.{name}").USER_ERRORS
+    return out
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `cuts` alone: what it can do
+        parser.print_help()
+        return 0
+    module = importlib.import_module(f"dataflows.cli.{COMMAND_MODULES[args.command]}")
+    user_errors = module.USER_ERRORS + (UsageError,)
     try:
-        return commands.dispatch(handlers[args.command], args)
+        return module.COMMANDS[args.command](args)
     except RunInterrupted as stopped:  # a clean stop of a flow: its rows are stored
         print(f"cuts: {stopped.line()}", file=sys.stderr)
         return stopped.exit_code
@@ -148,11 +205,14 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         # Bytewax wraps what a worker raised: a user error inside is still one line.
-        cause = _user_error_inside(exc, user_errors)
+        cause = _user_error_inside(exc, _all_user_errors())
         if cause is None:
             raise
         print(f"cuts: error: {cause}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if "connectors.clickhouse.client" in sys.modules:  # on the main thread (closing from a
+            sys.modules["connectors.clickhouse.client"].close_clients()  # worker thread hangs)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ from connectors.alpaca.reconcile import (
     blocked_symbols,
     format_report,
 )
+from connectors.clickhouse.errors import ClickHouseDsnError, ClickHouseUnavailable
 from connectors.clickhouse.reconciliations import latest_decisions, record_decisions
 from dataflows.reconciliation import reconcile_run
+from operators.config import ConfigError
 
 EXIT_UNCLEAR = 3
 
@@ -32,7 +34,7 @@ class ReconcileUsageError(ValueError):
     """The command cannot run as given (a symbol that is not unclear, say)."""
 
 
-USER_ERRORS = (ReconcileUsageError, BrokerUnavailable)
+USER_ERRORS = (ReconcileUsageError, BrokerUnavailable, ClickHouseUnavailable, ClickHouseDsnError, ConfigError)
 
 
 # ---------------------------------------------------------------- the command
@@ -52,9 +54,11 @@ def register(sub) -> None:
                                          "else ./data/clickhouse)")
     decide = rc.add_mutually_exclusive_group()
     decide.add_argument("--adopt", type=_symbols, metavar="SYMBOLS",
-                        help="accept the broker's state for these unclear symbols (no broker action)")
+                        help="accept the broker's state for these unclear symbols (no broker action) "
+                             "(default: report only)")
     decide.add_argument("--flatten", type=_symbols, metavar="SYMBOLS",
-                        help="cancel these unclear symbols' open orders and close their broker positions")
+                        help="cancel these unclear symbols' open orders and close their broker positions "
+                             "(default: report only)")
     rc.add_argument("--why", required=True, help="the reason, recorded in ClickHouse")
     rc.add_argument("--who", help="who decided (default: the login name)")
     rc.add_argument("--live", action="store_true", help="the live account (needs ALPACA_PAPER=false too)")

@@ -1,0 +1,110 @@
+"""`cuts report` (text, JSON, CSV; `--against` a backtest) and `cuts runs`
+(every run with its status; `--show ID`).
+
+Both read a run's current attempt (connectors.clickhouse.runs): a report
+never mixes attempts, states the run's status first, and a run that has not
+finished is marked PARTIAL wherever its numbers appear.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from connectors.clickhouse.errors import ClickHouseDsnError, ClickHouseUnavailable
+from connectors.clickhouse.report import UnknownRun
+from dataflows.cli.args import UsageError, out_dir_arg
+
+
+def register(sub) -> None:
+    rp = sub.add_parser("report", help="performance report of a run, computed in ClickHouse SQL",
+                        description="The metrics of a run (default: the latest started) and its status: "
+                                    "a run that did not finish is marked PARTIAL.")
+    rp.add_argument("--run-id", help="run id (default: the run started last)")
+    rp.add_argument("--clickhouse", metavar="DSN",
+                    help="chdb:///dir or http://host:8123 (default: CLICKHOUSE_DSN, else ./data/clickhouse)")
+    rp.add_argument("--against", metavar="RUN_ID",
+                    help="compare the run (a live or paper one; default: the latest other run) with "
+                         "this backtest of the same bars: slippage, missed and extra trades (default: no "
+                         "comparison)")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    rp.add_argument("--csv", metavar="DIR", type=out_dir_arg,
+                    help="also write the report's tables as CSV files into DIR (with --against: "
+                         "DIR/comparison.csv, or the file itself when DIR ends in .csv) (default: none)")
+
+    runs = sub.add_parser("runs", help="every run: id, mode, status, times, bars, trades, P&L, source",
+                          description="The runs in ClickHouse, the latest started first.")
+    runs.add_argument("--show", metavar="RUN_ID", help="everything about one run: its attempts, source and "
+                                                       "configuration (default: list every run)")
+    runs.add_argument("--clickhouse", metavar="DSN",
+                      help="chdb:///dir or http://host:8123 (default: CLICKHOUSE_DSN, else ./data/clickhouse)")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _client(args):
+    from connectors.clickhouse.client import open_reader
+    from connectors.config import clickhouse_dsn
+
+    return open_reader(clickhouse_dsn(args.clickhouse))
+
+
+def cmd_report(args) -> int:
+    from connectors.clickhouse import analytics
+    from connectors.clickhouse.report import build_report, format_text, to_json, write_csv
+
+    client = _client(args)
+    if args.against is not None:
+        return _report_against(client, args)
+    run_id = args.run_id or analytics.latest_run_id(client)
+    if run_id is None:
+        raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    doc = build_report(client, run_id)
+    if args.csv:
+        written = write_csv(doc, args.csv)
+        print(f"wrote {', '.join(written)} to {args.csv}", file=sys.stderr)
+    print(to_json(doc) if args.json else format_text(doc), end="" if not args.json else "\n")
+    return 0
+
+
+def _report_against(client, args) -> int:
+    """`cuts report --against BACKTEST`: the live run (default: the latest
+    other run) versus the backtest of the same bars."""
+    import os
+
+    from connectors.clickhouse import compare
+    from connectors.clickhouse.report import resolve
+
+    run_id = args.run_id or compare.latest_other_run(client, args.against)
+    if run_id is None:
+        raise UsageError(f"no run to compare with {args.against}: pass --run-id")
+    if run_id == args.against:
+        raise UsageError(f"--run-id and --against are the same run: {run_id}")
+    live, _ = resolve(client, run_id)
+    backtest, _ = resolve(client, args.against)
+    result = compare.compare_runs(client, live, backtest)
+    if args.csv:
+        path = args.csv
+        if not (path.endswith(".csv") and not os.path.isdir(path)):
+            os.makedirs(path, exist_ok=True)
+            path = os.path.join(path, "comparison.csv")
+        rows = compare.write_comparison_csv(result, path)
+        print(f"wrote {rows} compared trades to {path}", file=sys.stderr)
+    print(json.dumps(result, indent=1, default=str) if args.json else compare.format_comparison(result),
+          end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from connectors.clickhouse.run_list import format_run, format_runs, run_details, run_rows
+
+    client = _client(args)
+    if args.show:
+        details = run_details(client, args.show)
+        print(json.dumps(details, indent=1, default=str) if args.json else format_run(details), end="")
+        return 0
+    rows = run_rows(client)
+    print(json.dumps(rows, indent=1, default=str) if args.json else format_runs(rows), end="")
+    return 0
+
+
+USER_ERRORS = (UnknownRun, ClickHouseUnavailable, ClickHouseDsnError, UsageError)
+COMMANDS = {"report": cmd_report, "runs": cmd_runs}
