@@ -61,3 +61,14 @@ def test_a_subcommands_help_shows_the_defaults():
     proc = subprocess.run([*CUTS, "backtest", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0
     assert "(default: 1)" in proc.stdout and "(default: bars)" in proc.stdout and "(default: 10)" in proc.stdout
+
+
+def test_every_subcommand_is_run_by_the_module_main_imports_for_it():
+    import importlib
+
+    from dataflows.cli.main import COMMAND_MODULES
+
+    names = {name for name, _text, _sub in _subparsers(build_parser())}
+    assert set(COMMAND_MODULES) == names
+    for name, module in COMMAND_MODULES.items():
+        assert name in importlib.import_module(f"dataflows.cli.{module}").COMMANDS, name
