@@ -7,8 +7,8 @@ rejected once, at start-up.
 Bounds (docs/trading-rules.md, "Configuration bounds"): percentages are
 fractions (0.02 = 2 %). Exit distances are above 0 and at most 0.5 (a 50 %
 target or stop is no longer a minute-bar exit: `take_profit_pct: 2` is a
-typo for 0.02); the risk per trade at most 0.1 of equity; the daily
-drawdown below 1; slippage at most 1,000 bps; a time stop at most 30 days.
+typo for 0.02); the daily drawdown below 1; slippage at most 1,000 bps; a
+time stop at most 30 days.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class ExitConfig(_Strict):
 
 class RiskConfig(_Strict):
     initial_cash: float = Field(100_000, gt=0)
-    risk_per_trade_pct: float = Field(0.005, gt=0, le=0.1)
+    risk_per_trade_pct: float = Field(0.005, gt=0, le=1)
     max_position_pct: float = Field(0.10, gt=0, le=1)
     max_positions: int = Field(10, ge=1)
     max_positions_per_symbol: int = Field(3, ge=1)

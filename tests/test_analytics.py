@@ -125,7 +125,7 @@ def test_counts_and_run_info(client):
 def test_export_csv_trades_header_order_and_rounding(client, tmp_path):
     written = an.export_csv(client, RUN, str(tmp_path))
     assert written == {"trades.csv": 4, "orders.csv": 2, "fills.csv": 1, "equity.csv": 9, "rejections.csv": 1,
-                       "controls.csv": 0}
+                       "dead_letters.csv": 0, "controls.csv": 0}
     lines = (tmp_path / "trades.csv").read_text().splitlines()
     assert lines[0] == "run_id,symbol,strategy,qty,entry_time,entry_price,exit_time,exit_price,exit_reason,pnl,return_pct"
     assert lines[1] == "hand,MSFT,sma_5_15,50,2024-01-02T14:31:00Z,200.0,2024-01-02T15:31:00Z,198.0,stop_loss,-100.0,-0.01"

@@ -163,3 +163,34 @@ def test_report_into_a_closed_pipe_ends_quietly(store):
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
         os.close(write)
         assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_files_that_cannot_be_written_or_read_are_one_line(tmp_path):
+    """The outside world as files: one line naming the file, exit 2."""
+    cases = [(["generate", "--out", str(tmp_path / "bars.txt")], "ends in .parquet or .csv"),
+             (["generate", "--out", str(tmp_path)], "is a directory"),
+             (["generate", "--out", "/proc/cuts/bars.parquet"], "cannot write into /proc/cuts"),
+             (["backtest", "--bars", str(tmp_path), "--clickhouse", f"chdb://{tmp_path / 'ch'}"], "is a directory"),
+             (["backtest", "--bars", str(tmp_path / "none.csv"), "--clickhouse", f"chdb://{tmp_path / 'ch'}"],
+              "bar file not found")]
+    for args, words in cases:
+        if args[0] == "generate":
+            args = args[:1] + ["--symbols", "1", "--days", "1", "--seed", "1"] + args[1:]
+        one_line(cuts(*args), words)
+
+
+def test_a_bug_shows_its_own_traceback_and_one_line_not_the_wrapping(capsys):
+    from dataflows.cli.main import _internal_error
+
+    def inner():
+        raise KeyError("missing")
+    try:
+        try:
+            inner()
+        except KeyError as exc:
+            raise RuntimeError("error calling next_batch in step x") from exc
+    except RuntimeError as wrapped:
+        assert _internal_error(wrapped) == 1
+    err = capsys.readouterr().err
+    assert "in inner" in err and "error calling next_batch" not in err
+    assert err.rstrip().splitlines()[-1].startswith("cuts: internal error: KeyError: 'missing' (a bug in cuts")

@@ -78,7 +78,7 @@ def test_partial_file_keeps_defaults_for_the_rest(tmp_path):
     ("exit: {trailing_activation_pct: 0.9}\n", "exit.trailing_activation_pct", "(got 0.9)"),
     ("exit: {time_stop_min_move_pct: 1.5}\n", "exit.time_stop_min_move_pct", "percentages are fractions"),
     ("exit: {time_stop_minutes: 50000}\n", "exit.time_stop_minutes", "(got 50000)"),
-    ("risk: {risk_per_trade_pct: 0.5}\n", "risk.risk_per_trade_pct", "(got 0.5)"),
+    ("risk: {risk_per_trade_pct: 1.5}\n", "risk.risk_per_trade_pct", "percentages are fractions"),
     ("execution: {slippage_bps: 5000}\n", "execution.slippage_bps", "(got 5000"),
 ])
 def test_values_outside_the_sane_bounds_are_refused_with_the_value(tmp_path, text, field, hint):
@@ -90,7 +90,7 @@ def test_values_outside_the_sane_bounds_are_refused_with_the_value(tmp_path, tex
 @pytest.mark.parametrize("text", [
     "exit: {take_profit_pct: 0.5, stop_loss_pct: 0.25}\n",  # at the bounds
     "exit: {trailing_activation_pct: 0, time_stop_min_move_pct: 0, time_stop_minutes: 43200}\n",
-    "risk: {risk_per_trade_pct: 0.1}\nexecution: {slippage_bps: 1000}\n",
+    "risk: {risk_per_trade_pct: 1, max_position_pct: 1}\nexecution: {slippage_bps: 1000}\n",
 ])
 def test_values_at_the_bounds_are_accepted(tmp_path, text):
     load_trading_config(write(tmp_path, text))

@@ -229,6 +229,9 @@ def begin_attempt(client, run_id: str, mode: str, config_json: str, source: str 
         kind = "live" if not _bounded(history[-1].mode) else "backtest"
         raise RunIdError(f"run id {run_id} is a {kind} run already (`cuts runs --show {run_id}`): "
                          f"pick another --run-id")
+    for legacy in history:  # recorded before attempts existed: give it its row, so it can be replaced
+        if legacy.version == 0:
+            _write_attempt(client, replace(legacy, version=1), database)
     mine = dict(status=RUNNING, finished_at=None, bar_count=0, detail="", host=socket.gethostname(),
                 pid=os.getpid(), config_json=config_json, mode=mode, source=source or "")
     if not _bounded(mode) or resuming:

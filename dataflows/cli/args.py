@@ -70,3 +70,16 @@ def out_dir_arg(text: str) -> str:
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot write into {text}: {exc.strerror or exc}") from None
     return text
+
+
+def bar_file_out_arg(text: str) -> str:
+    """A bar file to write: .parquet or .csv, in a directory that can be written."""
+    import os
+
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory: name a .parquet or .csv file")
+    ext = os.path.splitext(text)[1].lower()
+    if ext not in (".parquet", ".csv"):
+        raise argparse.ArgumentTypeError(f"{text}: a bar file ends in .parquet or .csv, not {ext or '(nothing)'}")
+    out_dir_arg(os.path.dirname(os.path.abspath(text)))  # created when missing, must be writable
+    return text

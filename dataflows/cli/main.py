@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from dataflows.cli.args import EXIT_USAGE, UsageError, out_dir_arg
+from dataflows.cli.args import EXIT_USAGE, UsageError, bar_file_out_arg, out_dir_arg
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
 from dataflows.stop import RunInterrupted, StopSignal, exit_code, raise_on_signals, signal_name
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=_positive_int, required=True, help="how many trading days")
     gen.add_argument("--seed", type=int, required=True, help="random seed: the same seed, the same bars")
     gen.add_argument("--start", default="2024-01-02", help="first session date (YYYY-MM-DD)")
-    gen.add_argument("--out", metavar="PATH", required=True, help="output .parquet or .csv")
+    gen.add_argument("--out", metavar="PATH", required=True, type=bar_file_out_arg, help="output .parquet or .csv")
 
     live_commands.register(sub)
     reconcile_command.register(sub)
@@ -168,6 +168,27 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(signal.SIGINT)
 
 
+def _os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug, not an outside failure: the traceback of the error itself (not
+    of Bytewax's wrapping around it), then one line saying what it is."""
+    import traceback
+
+    root, seen = exc, set()
+    while id(root) not in seen and (root.__cause__ or root.__context__) is not None:
+        seen.add(id(root))
+        root = root.__cause__ or root.__context__
+    traceback.print_exception(type(root), root, root.__traceback__, chain=False, file=sys.stderr)
+    first = (str(root).strip().splitlines() or [""])[0]
+    print(f"cuts: internal error: {type(root).__name__}: {first} (a bug in cuts: please report it with "
+          f"the traceback above)", file=sys.stderr)
+    return 1
+
+
 # command -> the module of dataflows.cli that runs it (imported only for it:
 # `cuts report` does not load pandas, Kafka or Bytewax)
 COMMAND_MODULES = {
@@ -203,12 +224,17 @@ def _main(argv: list[str] | None) -> int:
     except user_errors as exc:
         print(f"cuts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # main: a closed stdout ends quietly
+    except OSError as exc:  # the outside world: a file, a disk, a socket
+        print(f"cuts: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:
         # Bytewax wraps what a worker raised: a user error inside is still one line.
-        cause = _user_error_inside(exc, _all_user_errors())
+        cause = _user_error_inside(exc, _all_user_errors() + (OSError,))
         if cause is None:
-            raise
-        print(f"cuts: error: {cause}", file=sys.stderr)
+            return _internal_error(exc)
+        print(f"cuts: error: {_os_error(cause) if isinstance(cause, OSError) else cause}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         if "connectors.clickhouse.client" in sys.modules:  # on the main thread (closing from a

@@ -8,6 +8,7 @@ finished is marked PARTIAL wherever its numbers appear.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from connectors.clickhouse.errors import ClickHouseDsnError, ClickHouseUnavailable
@@ -57,6 +58,9 @@ def cmd_report(args) -> int:
     run_id = args.run_id or analytics.latest_run_id(client)
     if run_id is None:
         raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    if args.csv and args.csv.endswith(".csv") and not os.path.isdir(args.csv):
+        raise UsageError(f"--csv {args.csv}: give a directory for the report's CSV files (a single .csv file "
+                         f"is for --against)")
     doc = build_report(client, run_id)
     if args.csv:
         written = write_csv(doc, args.csv)
@@ -68,8 +72,6 @@ def cmd_report(args) -> int:
 def _report_against(client, args) -> int:
     """`cuts report --against BACKTEST`: the live run (default: the latest
     other run) versus the backtest of the same bars."""
-    import os
-
     from connectors.clickhouse import compare
     from connectors.clickhouse.report import resolve
 
