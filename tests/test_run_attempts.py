@@ -172,3 +172,22 @@ def test_runs_list_and_show_and_unknown_ids_suggest_the_nearest(markets, dsn):
         assert f"unknown run id: {wrong}" in str(info.value)
         if near:
             assert near in str(info.value)
+
+
+def test_a_run_recorded_before_attempts_existed_is_replaced_by_its_rerun(markets, dsn):
+    from connectors.clickhouse.client import ClickHouseWriter, ensure_schema
+    from operators.types import EquityPoint
+
+    client = open_client(dsn)
+    ensure_schema(client)
+    ch_runs.record_run_start(client, "old", "{}", "backtest")
+    writer = ClickHouseWriter(client, "old")
+    writer.add("equity", [EquityPoint(1704205800, 1.0, 1.0, 0, 0.0)])
+    writer.flush()
+    ch_runs.record_run_end(client, "old", 1, "finished")
+    assert [(a.attempt, a.data_id, a.status) for a in ch_runs.attempts(client, "old")] == [(1, "old", "finished")]
+    done = run_file(markets[0], dsn, "old")
+    assert done.attempt.data_id == "old~2"
+    assert [(a.attempt, a.status) for a in ch_runs.attempts(client, "old")] == [(1, "replaced"), (2, "finished")]
+    left = client.command("SELECT count() FROM thousandcuts.equity WHERE run_id = 'old'")
+    assert left == 0
