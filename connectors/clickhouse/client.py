@@ -93,7 +93,6 @@ def open_client(dsn: str, create: bool = True):
     with _registry_lock:
         if norm in _clients:
             return _clients[norm]
-        engine_said = ""
         if norm.startswith("chdb:///"):
             other = [d for d in _clients if d.startswith("chdb:") and d != norm]
             if other:
