@@ -3,6 +3,7 @@ embedded ClickHouse (chDB) -> SQL report and CSV files."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -173,3 +174,34 @@ def test_a_bar_file_the_run_cannot_use_is_one_line_and_exit_2(tmp_path, text, me
                 check=False)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_config_that_cannot_trade_is_warned_and_the_report_shows_filtered_signals_and_halts(market, tmp_path):
+    """take_profit 0.015 / stop_loss 0.01 = risk/reward 1.5 < 2.0, and a
+    confidence below min_confidence: every BUY is filtered and nothing
+    trades. Said at start-up, and the report shows why, by reason."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("exit: {take_profit_pct: 0.015, stop_loss_pct: 0.01}\n"
+                      "strategies:\n  - {fast: 5, slow: 15, confidence: 0.70}\n"
+                      "  - {fast: 10, slow: 30, confidence: 0.60}\n")
+    ch = f"chdb://{tmp_path / 'ch'}"
+    proc = cuts("backtest", "--bars", str(market), "--config", str(config), "--clickhouse", ch, "--run-id", "f")
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("cuts: warning:")]
+    assert warnings == [
+        "cuts: warning: strategy sma_5_15 can never enter: risk/reward 1.50 (take_profit_pct 0.015 / "
+        "stop_loss_pct 0.01) is below signals.min_risk_reward 2, so every BUY is filtered",
+        "cuts: warning: strategy sma_10_30 can never enter: its confidence 0.6 is below "
+        "signals.min_confidence 0.7, so every BUY is filtered"]
+    report = json.loads(cuts("report", "--clickhouse", ch, "--json").stdout)
+    assert report["performance"]["trades"] == 0
+    reasons = {(r["strategy"], r["reason"]) for r in report["filtered_signals"]}
+    assert reasons == {("sma_5_15", "low_risk_reward"), ("sma_10_30", "low_confidence")}
+    # the default configuration on the same market: the three-losses halt stops entries on some days
+    cuts("backtest", "--bars", str(market), "--clickhouse", ch, "--run-id", "d", "--quiet")
+    text = cuts("report", "--run-id", "d", "--clickhouse", ch).stdout
+    halts = json.loads(cuts("report", "--run-id", "d", "--clickhouse", ch, "--json").stdout)["daily_halts"]
+    assert halts and all(h["reason"] in ("daily_loss_streak", "daily_drawdown") for h in halts)
+    assert "Daily halts: entries refused on" in text
+    first = halts[0]
+    row = next(line for line in text.splitlines() if line.startswith(first["day"] + " "))
+    assert first["reason"] in row and first["first_refused"] in row and str(first["entries_refused"]) in row
