@@ -203,5 +203,6 @@ def test_a_config_that_cannot_trade_is_warned_and_the_report_shows_filtered_sign
     assert halts and all(h["reason"] in ("daily_loss_streak", "daily_drawdown") for h in halts)
     assert "Daily halts: entries refused on" in text
     first = halts[0]
-    row = next(line for line in text.splitlines() if line.startswith(first["day"] + " "))
+    section = text[text.index("Daily halts:"):].splitlines()
+    row = next(line for line in section if line.startswith(first["day"] + " "))
     assert first["reason"] in row and first["first_refused"] in row and str(first["entries_refused"]) in row
