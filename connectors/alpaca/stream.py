@@ -87,16 +87,25 @@ _EMPTY_FRAME = msgpack.packb([])
 
 
 class _FrameTap:
-    """alpaca-py's websocket, with frames it would drop handed to `dead`."""
+    """alpaca-py's websocket, with frames it would drop handed to `dead`.
 
-    def __init__(self, ws, dead: Callable[[str, bytes], None]):
-        self._ws, self._dead = ws, dead
+    A normal close that we asked for (`closing()`: a stop) reads as an empty
+    frame, so alpaca-py's loop sees its stop request and ends quietly instead
+    of logging "data websocket error, restarting connection: sent 1000 (OK)"."""
+
+    def __init__(self, ws, dead: Callable[[str, bytes], None], closing: Callable[[], bool] = lambda: False):
+        self._ws, self._dead, self._closing = ws, dead, closing
 
     def __getattr__(self, name):
         return getattr(self._ws, name)
 
     async def recv(self):
-        raw = await self._ws.recv()
+        try:
+            raw = await self._ws.recv()
+        except websockets.ConnectionClosedOK:
+            if self._closing():
+                return _EMPTY_FRAME
+            raise
         if not isinstance(raw, bytes):
             self._dead("text frame (the stream speaks msgpack)", raw.encode("utf-8", "replace"))
             return _EMPTY_FRAME
@@ -172,7 +181,7 @@ class BarStream(StockDataStream):
             raise
         except Exception as exc:  # refused, DNS, bad greeting: one line, then backoff
             raise StreamFailure(f"cannot connect to {self._endpoint}: {type(exc).__name__}: {exc}") from None
-        self._ws = _FrameTap(self._ws, self._dead)
+        self._ws = _FrameTap(self._ws, self._dead, lambda: self._closing)
 
     async def _auth(self) -> None:
         await self._ws.send(msgpack.packb({"action": "auth", "key": self._api_key,
