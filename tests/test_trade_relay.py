@@ -455,3 +455,24 @@ def test_our_own_updates_are_not_broker_events_of_the_history():
             TradeUpdate("s.AAPL.1.entry", "expired", "AAPL", "buy", 60, detail="stale decision"),
             TradeUpdate("reconcile.AAPL.60", "reconciled", "AAPL", "sell", 60)]
     assert [event_of_update(u, "r." + u.order_id, "trade_updates") for u in ours] == [None, None, None]
+
+
+def test_a_relay_stop_reads_as_no_fault(kafka, server, tc, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    writer = TradeUpdatesWriter(kafka, "tu-stop")
+    try:
+        relay = relay_for(server, writer).start()
+        aapl = entry(tc, "AAPL", 10)
+        server.fill(client_order_id(RUN, aapl), price=100.0)
+        wait(lambda: relay.counts["updates"] >= 2)
+        caplog.clear()
+        relay.stop()
+        relay.check()
+    finally:
+        writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    events = [r.event for _, _, r in read_topic(kafka, "tu-stop", [0]) if isinstance(r, TradeUpdate)]
+    assert events == ["new", "fill"]
+    assert all(c.closed_at is not None for c in server.trading_connections())
