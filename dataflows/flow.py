@@ -33,6 +33,7 @@ class FlowSettings:
     broker_fills: bool = False  # paper / live: positions from the broker's trade updates
     sessions: dict | None = None  # broker fills: market sessions (no entries outside them)
     blocked: frozenset = frozenset()  # broker fills: unreconciled symbols (no orders)
+    stop: object = None  # dataflows.stop.StopRequest of the run (None: the input always ends)
 
 
 class SymbolLogic(StatefulBatchLogic):
@@ -60,7 +61,9 @@ class SymbolLogic(StatefulBatchLogic):
 
 class PortfolioLogic(StatefulBatchLogic):
     def __init__(self, config: TradingConfig, partitions, resume: PortfolioStage | None,
-                 broker_fills: bool = False, sessions: dict | None = None, blocked=frozenset()):
+                 broker_fills: bool = False, sessions: dict | None = None, blocked=frozenset(),
+                 stop=None):
+        self.stop = stop
         if resume is None:
             portfolio = (BrokerPortfolio.new(config, sessions, blocked) if broker_fills
                          else Portfolio.new(config))
@@ -76,6 +79,11 @@ class PortfolioLogic(StatefulBatchLogic):
         return ([out] if not out.empty() else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self):
+        if self.stop is not None and self.stop.cut_short:
+            # A stopped run: Bytewax commits the state after this, and a resume
+            # goes on from it. Applying the buffered bars "to the end of time"
+            # here would make it drop every later bar as late.
+            return [], StatefulBatchLogic.RETAIN
         out = self.stage.flush()
         return ([out] if not out.empty() else []), StatefulBatchLogic.RETAIN
 
@@ -94,6 +102,7 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     config = settings.config
     parts = list(partitions) + list(trade_partitions)
     broker_fills, sessions, blocked = settings.broker_fills, settings.sessions, settings.blocked
+    stop = settings.stop
 
     flow = Dataflow("thousandcuts")
     events = op.input("bars_in", flow, source)
@@ -111,7 +120,8 @@ def build_flow(settings: FlowSettings, source, sink, partitions, *, trade_source
     to_portfolio = op.merge("to_portfolio", *streams)
     keyed = op.key_on("portfolio_key", to_portfolio, lambda _: "portfolio")
     decisions = op.stateful_batch(
-        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills, sessions, blocked)
+        "portfolio", keyed, lambda resume: PortfolioLogic(config, parts, resume, broker_fills, sessions, blocked,
+                                                     stop)
     )
     outputs = op.key_rm("decisions", decisions)
     op.output("portfolio_sink", outputs, sink)

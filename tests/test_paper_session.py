@@ -187,3 +187,36 @@ def test_a_restart_after_downtime_adopts_the_replayed_orders_the_broker_holds_ne
         assert r["at"] >= back * 1000
         # its bar closed at least 11 minutes before by the broker's clock, and at most the session
         assert 660_000 <= r["decision_lag_ms"] <= (back - minutes[0]) * 1000
+
+
+def test_a_trading_run_stopped_by_sigterm_and_sigint_ends_with_one_line_and_resumes_to_the_backtests_trades(
+        kafka, tmp_path):
+    """SIGTERM (a supervisor) mid-session, then Ctrl-C: exit 143 / 130, one
+    line, no traceback or Rust panic; the same command resumes from the
+    recovery directory and the session still makes the backtest's trades
+    (the first 200 minutes of the day, to keep the suite short)."""
+    s = Session(tmp_path, kafka, symbols=2, topic="bars-stop")
+    minutes = sorted(s.minutes)[:200]
+    s.minutes = {ts: s.minutes[ts] for ts in minutes}
+    import pandas as pd
+    bars = pd.read_parquet(s.bars_path)
+    bars[bars["timestamp"] <= pd.Timestamp(minutes[-1], unit="s", tz="UTC")].to_parquet(s.bars_path)
+    recovery = tmp_path / "recovery"
+    try:
+        for part, sig in ((minutes[:100], signal.SIGTERM), (minutes[100:], signal.SIGINT)):
+            s.start(recovery)
+            s.wait_ready()
+            s.play(part)
+            seen = len(s.log)
+            s.stop(sig)
+            time.sleep(0.2)  # the reader thread takes the last lines
+            after = "".join(s.log[seen:])
+            assert s.proc.returncode == 128 + sig, after
+            assert "Traceback" not in after and "panicked" not in after, after
+            ends = [line for line in s.log[seen:] if line.startswith("cuts:")]
+            assert len(ends) == 1 and f"run paper1 stopped on {signal.Signals(sig).name}" in ends[0], after
+    finally:
+        s.close()
+    rows, backtest = compare(s, tmp_path)
+    assert len(backtest) >= 2
+    assert [r for r in rows if r["status"] != "matched"] == [] and len(rows) == len(backtest)

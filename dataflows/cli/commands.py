@@ -155,7 +155,8 @@ def _publish_progress(started: float):
             state["last"] = now
             rate = done / max(now - started, 1e-9)
             end = "" if tty and done < total else "\n"
-            print(f"\rpublished {done:,}/{total:,} bars ({rate:,.0f}/s)", end=end,
+            cr = "\r" if tty else ""
+            print(f"{cr}published {done:,}/{total:,} bars ({rate:,.0f}/s)", end=end,
                   file=sys.stderr, flush=True)
     return show
 

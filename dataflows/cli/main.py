@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from dataflows.cli import live_commands, reconcile_command
@@ -9,6 +10,7 @@ from dataflows.cli.args import EXIT_USAGE
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
 from dataflows.cli.args import positive_seconds, seconds
+from dataflows.stop import RunInterrupted, StopSignal, exit_code, raise_on_signals, signal_name
 
 
 def _recovery_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +126,18 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_on_signals()  # SIGTERM as SIGINT: one line and 128 + signal, never a traceback
+    try:
+        return _main(argv)
+    except StopSignal as stop:  # outside a flow (a flow's stop is RunInterrupted)
+        print(f"cuts: interrupted by {signal_name(stop.signum)}", file=sys.stderr)
+        return exit_code(stop.signum)
+    except KeyboardInterrupt:
+        print("cuts: interrupted", file=sys.stderr)
+        return exit_code(signal.SIGINT)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from dataflows.cli import (
         commands,  # heavy imports only after the arguments are valid
@@ -133,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS}
     try:
         return commands.dispatch(handlers[args.command], args)
+    except RunInterrupted as stopped:  # a clean stop of a flow: its rows are stored
+        print(f"cuts: {stopped.line()}", file=sys.stderr)
+        return stopped.exit_code
     except user_errors as exc:
         print(f"cuts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -143,9 +160,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cuts: error: {cause}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("cuts: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
