@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from connectors.alpaca.broker import AlpacaBroker, client_order_id
 from connectors.alpaca.broker_sink import BrokerExecution, BrokerSink, ProtectOnFill, RecordingBroker
 from connectors.alpaca.calendar import fetch_sessions
-from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
+from connectors.alpaca.errors import CalendarUnavailable, TradingStopped, TradingUsageError
 from connectors.alpaca.order_history import event_of_update
 from connectors.alpaca.trade_relay import TradeUpdateRelay, TradeUpdatesWriter
 from connectors.alpaca.trade_updates import catch_up_updates
@@ -38,9 +38,11 @@ from connectors.config import (
     trading_mode,
 )
 from connectors.kafka.admin import topic_identity
+from connectors.kafka.codec import _one_line
 from connectors.kafka.source import KafkaBarSource
 from connectors.kafka.trade_source import TradeUpdateSource
 from dataflows.runner import RunSpec, Trading, execute
+from dataflows.stop import RunInterrupted
 from operators.types import BUY, SELL, TradeUpdate, iso
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,48}")
 CATCH_UP_S = 7 * 86_400  # orders the relay re-reads at start (overnight OCOs included)
 
 
-USER_ERRORS = (TradingUsageError, CalendarUnavailable)
+USER_ERRORS = (TradingUsageError, CalendarUnavailable, TradingStopped)
 
 
 class MinuteProgress:
@@ -118,12 +120,15 @@ class BrokerClock:
 
 
 class RelayWatchdog:
-    """Stops the run (as Ctrl-C would) when the trade-updates relay fails for
-    good: without it no fill reaches the flow, the broker's watermark stops
-    and nothing would say why."""
+    """Stops the run when the trade-updates relay fails for good: without it
+    no fill reaches the flow, the broker's watermark stops and nothing would
+    say why. It asks for the clean stop a SIGINT asks for (`dataflows.stop`:
+    every row written, the recovery directory usable); `run_trading` then
+    ends with the relay's error (`failure`), not as an interrupted run."""
 
     def __init__(self, relay, every_s: float = 1.0):
         self.relay, self.every_s = relay, every_s
+        self.failure: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="relay-watchdog", daemon=True)
 
@@ -131,8 +136,7 @@ class RelayWatchdog:
         while not self.stop.wait(self.every_s):
             error = getattr(self.relay, "error", None)
             if error is not None:
-                print(f"cuts: error: trading stopped: the trade-updates relay failed: {error}",
-                      file=sys.stderr, flush=True)
+                self.failure = error
                 os.kill(os.getpid(), signal.SIGINT)
                 return
 
@@ -267,14 +271,15 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
             catch_up_s=CATCH_UP_S, trading_client=client, broker_clock=broker_clock,
             on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct),
             on_published=history.record_updates,
-        ).start()
+        )
+        relay.start()  # a stop (SIGINT, SIGTERM) while it connects: the finally below stops it
         print("trading: relay listening; the flow starts", file=sys.stderr, flush=True)
         held = run_orders_held(orders, run_id)  # a replayed entry the broker holds is adopted
         sink = BrokerSink(lambda: BrokerExecution(AlpacaBroker(client, run_id), writer.publish, history.record,
                                                   broker_clock=broker_clock.lenient, known_orders=held,
                                                   known_since=listed_since),
                           progress=MinuteProgress())
-        stack.enter_context(RelayWatchdog(relay))
+        watchdog = stack.enter_context(RelayWatchdog(relay))
         bars_identity = topic_identity(bootstrap, args.topic)
         trade_identity = topic_identity(bootstrap, args.trade_topic)
         source = KafkaBarSource(bootstrap, args.topic, tail=True, dead_letter_topic=args.dead_letter_topic,
@@ -287,7 +292,16 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
                                         "broker": mode})
         trading = Trading(trade_source, trade_source.partition_ids(), sink, sessions=sessions,
                           blocked=blocked)
-        return execute(spec, source, source.partition_ids(), show_progress=False, trading=trading)
+        try:
+            return execute(spec, source, source.partition_ids(), show_progress=False, trading=trading)
+        except RunInterrupted:
+            if watchdog.failure is not None:  # stopped by the watchdog, not by a person
+                resume = (f"; the same command resumes from {args.recovery_dir} once it is fixed"
+                          if args.recovery_dir else "")
+                raise TradingStopped(f"trading stopped: the trade-updates relay failed: "
+                                     f"{_one_line(watchdog.failure)}; every row up to the stop is "
+                                     f"written{resume}") from None
+            raise
     finally:
         stack.close()
         if relay is not None:

@@ -47,8 +47,12 @@ def cuts(*args, env=None, timeout=300):
 class Session:
     """The market, the broker and the trading process, one minute at a time."""
 
-    def __init__(self, tmp: Path, kafka: str, symbols=3, seed=11, topic="bars"):
-        self.tmp, self.kafka, self.topic = tmp, kafka, topic
+    def __init__(self, tmp: Path, kafka: str, symbols=3, seed=11, topic="bars", run_id="paper1",
+                 trade_topic: str | None = ""):
+        self.tmp, self.kafka, self.topic, self.run_id = tmp, kafka, topic, run_id
+        # each test its own broker account, so its own trade topic ("": one named after the bars
+        # topic; None: the run's default, trade_updates.{run id})
+        self.trade_topic = f"trade_updates.{topic}" if trade_topic == "" else trade_topic
         bars = generate_bars(symbols, 1, seed=seed)
         self.bars_path = tmp / "bars.parquet"
         write_bars(bars, str(self.bars_path))
@@ -78,10 +82,10 @@ class Session:
     # -- the trading process ------------------------------------------------
     def start(self, recovery: Path | None = None, snapshot_s: int = 1):
         self.lines = queue.Queue()
-        args = [*CUTS, "run", "--alpaca", "--kafka", self.kafka, "--topic", self.topic, "--run-id", "paper1",
+        args = [*CUTS, "run", "--alpaca", "--kafka", self.kafka, "--topic", self.topic, "--run-id", self.run_id,
                 "--config", str(self.tmp / "cfg.yaml"), "--clickhouse", self.dsn,
                 "--clock-poll-s", "0.02", "--grace-s", "0.05", "--clock-refresh-s", "0",
-                "--trade-topic", f"trade_updates.{self.topic}"]  # each test its own broker account
+                *(["--trade-topic", self.trade_topic] if self.trade_topic else [])]
         if recovery is not None:
             args += ["--recovery-dir", str(recovery), "--snapshot-s", str(snapshot_s)]
         self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
@@ -120,9 +124,47 @@ class Session:
                 return
         raise AssertionError("trading run not ready:\n" + "".join(self.log[-40:]))
 
+    def wait_line(self, prefix: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.proc.poll() is None, "trading process ended:\n" + "".join(self.log[-40:])
+                continue
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line '{prefix}...':\n" + "".join(self.log[-40:]))
+
     def stop(self, sig=signal.SIGINT):
         self.proc.send_signal(sig)
         self.proc.wait(timeout=60)
+
+    def stop_cleanly(self, sig) -> list[str]:
+        """Signal the run; assert it ends as a stop should: exit 128 + signal,
+        one `cuts:` line, no traceback, panic, warning or error after the
+        signal. Returns that line."""
+        seen = len(self.log)
+        self.stop(sig)
+        time.sleep(0.3)  # the reader thread takes the last lines
+        after = self.log[seen:]
+        text = "".join(after)
+        assert self.proc.returncode == 128 + sig, text
+        faults = [line for line in after if any(w in line for w in (
+            "Traceback", "panicked", "WARNING", "ERROR", "Error:", "Exception"))]
+        assert faults == [], text
+        ends = [line for line in after if line.startswith("cuts:")]
+        assert len(ends) == 1, text
+        return ends[0]
+
+    def keep_first(self, n: int) -> None:
+        """Only the day's first `n` minutes (file and market), to keep a test short."""
+        import pandas as pd
+
+        kept = sorted(self.minutes)[:n]
+        self.minutes = {ts: self.minutes[ts] for ts in kept}
+        bars = pd.read_parquet(self.bars_path)
+        bars[bars["timestamp"] <= pd.Timestamp(kept[-1], unit="s", tz="UTC")].to_parquet(self.bars_path)
 
     # -- one minute of the market --------------------------------------------
     def open_minute(self, ts: int):

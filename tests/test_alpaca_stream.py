@@ -576,30 +576,39 @@ class StreamProcess:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("point", ["subscribed", "streaming", "reconnecting"])
+@pytest.mark.parametrize("point", ["connecting", "subscribed", "streaming", "reconnecting"])
 def test_a_signal_is_the_normal_end_of_cuts_stream_exit_0_one_line_nothing_lost(server, kafka, topic, sig,
                                                                                 point):
+    if point == "connecting":
+        server.set_silent(True)  # no greeting: the stream waits (--connect-timeout-s, 10 s)
     run = StreamProcess(server, kafka, topic)
     try:
-        server.wait_until(lambda: subscribed(server, 1, ["AAPL"]), timeout=30)
-        if point != "subscribed":
+        if point == "connecting":
+            wait_for(lambda: any("connecting to" in line for line in run.err), timeout=30)
+            time.sleep(0.2)
+        else:
+            server.wait_until(lambda: subscribed(server, 1, ["AAPL"]), timeout=30)
+        if point not in ("connecting", "subscribed"):
             server.push_bars([wire_bar("AAPL", T0), wire_bar("AAPL", T0 + 60)])
             wait_for(lambda: len(bars_in(kafka.bootstrap, topic)) == 2)
         if point == "reconnecting":  # dropped, its reconnect refused: in the backoff
             server.reject_connections(5)
             server.drop_connections()
             wait_for(lambda: any("reconnecting in" in line for line in run.err))
+        started = time.monotonic()
         code, out, after = run.stop(sig)
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
     assert code == 0, "".join(run.err)
+    assert time.monotonic() - started < 8, "a stop waited for a timeout"
+    bars = 0 if point in ("connecting", "subscribed") else 2
     assert out.splitlines() == [out.splitlines()[0]] and out.startswith(
-        f"stream stopped on {sig.name}: received {0 if point == 'subscribed' else 2} "), out
+        f"stream stopped on {sig.name}: received {bars} "), out
     # a normal stop reads as one: no warning, error or traceback after the signal
     assert not [line for line in after if " WARNING " in line or " ERROR " in line or "Traceback" in line], after
     assert all(c.closed_at is not None for c in server.connections())
-    assert len(bars_in(kafka.bootstrap, topic)) == (0 if point == "subscribed" else 2)
+    assert len(bars_in(kafka.bootstrap, topic)) == bars
 
 
 def test_a_second_signal_stops_cuts_stream_at_once_with_one_line(server, kafka, topic):

@@ -151,6 +151,7 @@ class BarStream(StockDataStream):
         self._subscriber: asyncio.Task | None = None
         self._covered = False
         self._closing = False
+        self._starting: asyncio.Future | None = None
         self.fatal: StreamRejected | None = None
         # registers the symbols (nothing is sent before run)
         self.subscribe_bars(self._unused, *settings.symbols)
@@ -182,6 +183,20 @@ class BarStream(StockDataStream):
         except Exception as exc:  # refused, DNS, bad greeting: one line, then backoff
             raise StreamFailure(f"cannot connect to {self._endpoint}: {type(exc).__name__}: {exc}") from None
         self._ws = _FrameTap(self._ws, self._dead, lambda: self._closing)
+
+    async def _start_ws(self) -> None:
+        """Connect and authenticate; a stop meanwhile ends it at once and
+        quietly (alpaca-py would log the aborted connect as an error)."""
+        self._starting = asyncio.ensure_future(super()._start_ws())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # alpaca-py goes on to subscribe (nothing is sent without a socket)
+            # and to read, finds its stop request and ends
+        finally:
+            self._starting = None
 
     async def _auth(self) -> None:
         await self._ws.send(msgpack.packb({"action": "auth", "key": self._api_key,
@@ -291,6 +306,8 @@ class BarStream(StockDataStream):
 
     async def _shutdown(self) -> None:
         await self.stop_ws()
+        if self._starting is not None:
+            self._starting.cancel()
         if self._ws is not None:
             await self._ws.close()
 

@@ -185,13 +185,16 @@ class TradeUpdateRelay:
         for t in self._threads:
             t.start()
         deadline = self.wall() + self.connect_timeout_s + 30.0
-        while not self._ready.wait(0.05):
-            if self.error is not None or self.wall() > deadline:
-                self.stop()
-                if self.error is None:
-                    raise AlpacaUnavailable("the trade-updates stream did not start listening within "
-                                            f"{self.connect_timeout_s:g} s (+ the catch-up)")
-                raise self.error
+        try:
+            while not self._ready.wait(0.05):
+                if self.error is not None or self.wall() > deadline:
+                    if self.error is None:
+                        raise AlpacaUnavailable("the trade-updates stream did not start listening within "
+                                                f"{self.connect_timeout_s:g} s (+ the catch-up)")
+                    raise self.error
+        except BaseException:  # that error, or a stop (SIGINT / SIGTERM) while it connects
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

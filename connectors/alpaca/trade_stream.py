@@ -62,6 +62,7 @@ class RelayStream(TradingStream):
                                            "open_timeout": connect_timeout_s, "max_queue": 1024})
         self._events, self._timeout = events, connect_timeout_s
         self._closing = False
+        self._starting: asyncio.Future | None = None
         self.subscribe_trade_updates(self._unused)  # alpaca-py listens only with a handler
 
     async def _unused(self, _msg) -> None:  # _dispatch below delivers instead
@@ -78,6 +79,19 @@ class RelayStream(TradingStream):
             raise _StreamFailure("stopping")
         await super()._connect()
         self._ws = _QuietClose(self._ws, lambda: self._closing)
+
+    async def _start_ws(self) -> None:
+        """Connect, authenticate, listen; a stop meanwhile ends it at once and
+        quietly (alpaca-py would log the aborted connect as an error)."""
+        self._starting = asyncio.ensure_future(super()._start_ws())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # alpaca-py goes on to read, finds its stop request and ends
+        finally:
+            self._starting = None
 
     async def _auth(self) -> None:
         await self._ws.send(json.dumps({"action": "authenticate", "data": {
@@ -119,6 +133,8 @@ class RelayStream(TradingStream):
 
     async def _shutdown(self) -> None:
         await self.stop_ws()
+        if self._starting is not None:
+            self._starting.cancel()
         if self._ws is not None:
             await self._ws.close()
 
