@@ -625,7 +625,7 @@ def test_a_second_signal_stops_cuts_stream_at_once_with_one_line(server, kafka, 
             run.proc.kill()
     assert code == 143 and out == ""
     assert [line for line in after if line.startswith("cuts:")] == [
-        "cuts: stream stopped at once on a second SIGTERM: bars not yet flushed are not written\n"], after
+        "cuts: stopped at once on a second SIGTERM: rows since the last batch are not written\n"], after
     assert not [line for line in after if "Traceback" in line], after
 
 

@@ -219,7 +219,8 @@ class _Pump:
 
 def run_stream(s: StreamSettings, stop: threading.Event,
                clock: Callable[[], float] = time.time) -> StreamCounters:
-    """Stream until `stop` is set (then flush and close; counters returned).
+    """Stream until `stop` is set (anything with `is_set()`: a `threading.Event`,
+    `dataflows.stop.StopRequest`; then flush and close; counters returned).
     Raises `StreamRejected` (fatal Alpaca error), Kafka connector errors."""
     from connectors.kafka.admin import ensure_topic
     from connectors.kafka.producer import BarProducer

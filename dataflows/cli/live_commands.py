@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -175,32 +172,17 @@ def stream_settings(args) -> StreamSettings:
 
 def cmd_stream(args) -> int:
     """Streams until SIGINT / SIGTERM: a stop is how it ends (exit 0, one line
-    with the counts). A second signal while it stops ends it at once."""
+    with the counts). A second signal while it stops ends it at once
+    (`dataflows.stop`, as every run)."""
     from connectors.alpaca.live import run_stream
+    from dataflows.stop import StopRequest, signal_name, stop_on_signals
 
     settings = stream_settings(args)
     _setup_logging()
-    stop = threading.Event()
-    stopped_by: list = []
-
-    def on_signal(signum, _frame) -> None:
-        if stop.is_set():  # the second one: stop at once
-            os.write(2, f"cuts: stream stopped at once on a second {signal.Signals(signum).name}: "
-                        f"bars not yet flushed are not written\n".encode())
-            os._exit(128 + signum)
-        stopped_by.append(signal.Signals(signum).name)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
+    stop = StopRequest()
+    with stop_on_signals(stop):
         counters = run_stream(settings, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    on = f" on {stopped_by[0]}" if stopped_by else ""
+    on = f" on {signal_name(stop.signum)}" if stop.signum is not None else ""
     print(f"stream stopped{on}: {counters.line()}", flush=True)
     return 0
 
