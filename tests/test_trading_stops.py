@@ -120,3 +120,32 @@ def test_a_relay_that_fails_for_good_ends_the_run_with_its_error_not_as_an_inter
     ends = [line for line in s.log if line.startswith("cuts:")]
     assert len(ends) == 1 and "trading stopped: the trade-updates relay failed" in ends[0], text
     assert "refused the keys" in ends[0] and "Traceback" not in text and "panicked" not in text
+
+
+def test_cuts_run_without_alpaca_stopped_idle_ends_with_one_line_and_the_documented_code(kafka, tmp_path):
+    """An empty topic, nothing to do: a stop is still one line and 128 + signal
+    (mid-replay and at the end: tests/test_kafka_e2e.py)."""
+    import subprocess
+
+    from connectors.kafka.admin import ensure_topic
+    from paper_session import CUTS, ROOT
+
+    ensure_topic(kafka, "bars-idle", 1)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([*CUTS, "run", "--kafka", kafka, "--topic", "bars-idle", "--run-id", "idle1",
+                                 "--clickhouse", f"chdb://{tmp_path / 'ch'}", "--recovery-dir",
+                                 str(tmp_path / "rec"), "--snapshot-s", "1"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr.readline().startswith("live run on "), "no start-up line"
+            time.sleep(2.0)  # tailing the empty topic
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        lines = [line for line in err.splitlines() if not line.startswith("bars stored")]
+        assert proc.returncode == 128 + sig and len(lines) == 1, err
+        assert (lines[0].startswith(f"cuts: run idle1 stopped on {sig.name} after 0 bars")
+                or lines[0] == f"cuts: interrupted by {sig.name}"), err
+        assert "Traceback" not in err and "panicked" not in err and out == ""
