@@ -241,3 +241,14 @@ def test_the_relays_protection_on_a_fill_leaves_its_history(server):
     server.reject_next_orders(1, status=403)
     ProtectOnFill(broker, 0.01, 0.02)(fill)  # refused: recorded, and the flow asks again later
     assert [r.event for r in rows[2:]] == ["sent", "refused"] and "403" in rows[-1].detail
+
+
+def test_a_stale_entry_the_broker_cannot_be_asked_about_is_skipped_saying_so(server):
+    h = Harness(server)
+    h.now += 3600
+    server.fail_requests(100, status=503)  # the lookup by client order id fails too
+    ex = BrokerExecution(h.broker, h.published.append, h.records.extend, backoff_s=0, clock=lambda: h.now,
+                         broker_clock=lambda: h.now, sleep=lambda s: None, known_orders={},
+                         known_since=1704207300 + 60)  # the decision is older than the listing
+    rec = ex.execute(order())
+    assert rec.event == "skipped" and "could not be asked" in rec.detail

@@ -104,12 +104,14 @@ class BrokerExecution:
             # a decision on old bars (a first run over a topic with history, a
             # restart after downtime): never a market order at today's prices;
             # but a replayed one the broker already holds is that order
-            held = self._held(cid, order.decided_ts)
+            held, checked = self._held(cid, order.decided_ts)
             if held is not None:
                 self.known[cid] = held
                 return req.done("adopted", *held, f"replayed decision (its bar closed {req.age_s:,.0f} s "
                                                   "ago): the broker already holds this order")
             detail = f"stale decision: its bar closed {req.age_s:,.0f} s ago"
+            if not checked:
+                detail += "; whether the broker holds it could not be asked (unreachable)"
             self.publish(TradeUpdate(order.order_id, "expired", order.symbol, order.side,
                                      order.decided_ts + 60, detail=detail))
             return req.done("skipped", detail=detail)
@@ -163,12 +165,16 @@ class BrokerExecution:
                 self.sleep(delay)
                 delay *= 2
 
-    def _held(self, cid: str, decided_ts: int) -> tuple[str, str] | None:
-        """(broker id, status) of the order when the broker holds it."""
+    def _held(self, cid: str, decided_ts: int) -> tuple[tuple[str, str] | None, bool]:
+        """((broker id, status) of the order when the broker holds it, else
+        None; whether that is known: False when the broker could not be asked)."""
         if cid not in self.known and self.known_since is not None and decided_ts >= self.known_since:
-            return None  # the start-up listing covers it, and this run has not placed it since
-        placed = self._placed_anyway(cid)  # held: its current status (the few replayed ones)
-        return self.known.get(cid) if placed is None else (str(placed.id), _status(placed))
+            return None, True  # the start-up listing covers it, and this run has not placed it since
+        try:  # held: its current status (the few replayed ones)
+            placed = self._get_by_cid(cid)
+        except (BrokerError, requests.ConnectionError, requests.Timeout):
+            return self.known.get(cid), cid in self.known
+        return (None if placed is None else (str(placed.id), _status(placed))), True
 
     def _placed_anyway(self, cid: str):
         """After the retries: is the order at the broker all the same?"""
