@@ -100,6 +100,10 @@ class StopRequest:
     def requested(self) -> bool:
         return self._event.is_set()
 
+    def is_set(self) -> bool:
+        """`threading.Event`'s question, for loops that stop on one (`cuts stream`)."""
+        return self._event.is_set()
+
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
             self.signum = signum

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
+from connectors.alpaca.errors import CalendarUnavailable, TradingStopped, TradingUsageError
 from connectors.clickhouse import analytics
 from connectors.clickhouse.client import (
     ClickHouseDsnError,
@@ -26,7 +26,8 @@ from operators.config import ConfigError
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, ClickHouseDsnError, UsageError,
-               KafkaConnectorError, RecoveryMismatch, TradingUsageError, CalendarUnavailable, RunIdError)
+               KafkaConnectorError, RecoveryMismatch, TradingUsageError, CalendarUnavailable, RunIdError,
+               TradingStopped)
 
 
 def _finish(client, run, out: str | None, quiet: bool) -> None:

@@ -10,6 +10,7 @@ import sys
 from dataflows.cli.args import EXIT_USAGE, UsageError, bar_file_out_arg, out_dir_arg
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
+from dataflows.cli.args import positive_seconds, seconds
 from dataflows.stop import RunInterrupted, StopSignal, exit_code, raise_on_signals, signal_name
 
 
@@ -88,9 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --alpaca: the live account, real money (default: paper)")
     run.add_argument("--trade-topic", help="topic of the broker's trade updates (default: "
                                            "trade_updates.RUN_ID)")
-    run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
-    run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
-    run.add_argument("--clock-refresh-s", type=float, default=15.0, help=argparse.SUPPRESS)
+    run.add_argument("--clock-poll-s", type=positive_seconds, default=1.0,
+                     help="with --alpaca: how often the relay takes the broker's time for a marker "
+                          "(default 1.0)")
+    run.add_argument("--grace-s", type=seconds, default=1.5,
+                     help="with --alpaca: a broker time T is written as a marker this long after it was "
+                          "read; minute M is applied once the marker passes M + 60 (default 1.5)")
+    run.add_argument("--clock-refresh-s", type=seconds, default=15.0,
+                     help="with --alpaca: read Alpaca's clock (GET /v2/clock) this often and advance it "
+                          "with the local clock in between; 0 reads it every time (default 15)")
     run.add_argument("--trading-url", help=argparse.SUPPRESS)
     _recovery_args(run)
 
