@@ -172,7 +172,12 @@ def test_shipped_panic_config_is_the_three_pairs_plus_the_panic_detector_with_it
     assert cfg.strategies[3] == TradingConfig(strategies=[{"type": "panic_rebound"}]).strategies[0].model_copy(
         update={"exit": cfg.strategies[3].exit})
     assert tuple(cfg.strategy_exits()["panic_15_150"]) == (0.015, 0.0075, 240, 0.005)
-    assert cfg.model_dump(exclude={"strategies"}) == TradingConfig().model_dump(exclude={"strategies"})
+    # the rest is the default configuration, but for the losing streak (counted across
+    # every strategy: three SMA losses in a row would end the day before a panic can signal)
+    assert cfg.risk.max_consecutive_losses == 10
+    default = TradingConfig().model_dump(exclude={"strategies"})
+    default["risk"]["max_consecutive_losses"] = 10
+    assert cfg.model_dump(exclude={"strategies"}) == default
 
 
 def test_every_configured_type_has_an_operator():
