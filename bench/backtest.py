@@ -1,17 +1,23 @@
 """Backtest throughput: the full `cuts backtest` (file in, ClickHouse out) and
-the operators alone, on 31 symbols x 60 days of generated minute bars.
+the operators alone, on 31 symbols x 60 days of generated minute bars, with
+the default configuration and with `config/panic.yaml` (the three SMA pairs
+plus the panic-rebound detector) beside it.
 
-    .venv/bin/python bench/backtest.py [--symbols 31] [--days 60] [--workers 1]
+    .venv/bin/python bench/backtest.py [--symbols 31] [--days 60] [--workers 1] [--rounds 5]
+                                       [--configs config/trading.yaml,config/panic.yaml]
 
-Targets (issue 2): >= 100,000 bars/s end to end on one worker, peak memory
-under 1.5 GiB. Run benchmarks one at a time: this machine has about one core
-of real compute.
+Targets: >= 100,000 bars/s end to end on one worker, peak memory under
+1.5 GiB (issue 2); the panic detector costs at most 15 % of the end-to-end
+rate (issue 9). With --rounds N the configurations alternate N times and the
+medians are printed. Run benchmarks one at a time: this machine has about
+one core of real compute.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,17 +27,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def operators_only(path: str) -> tuple[int, float]:
+def operators_only(path: str, config_path: str) -> tuple[int, float, int]:
     """Symbol stage + event-time ordering + portfolio, without Bytewax or ClickHouse."""
+    from connectors.config import load_trading_config
     from connectors.files.barfile import BarFileSource, read_bar_file
     from operators.columnar import ColumnarSymbolState, step_block
-    from operators.config import TradingConfig
     from operators.ordering import Chunk, PortfolioStage, SymbolResult
     from operators.portfolio import Portfolio
     from operators.signals import SignalRules
     from operators.types import SymbolOutput
 
-    cfg = TradingConfig()
+    cfg = load_trading_config(config_path)
     cols = read_bar_file(path)
     source = BarFileSource(cols, partitions=1)
     part = source.build_part("bench", "0", None)
@@ -63,31 +69,62 @@ def operators_only(path: str) -> tuple[int, float]:
     return len(cols), time.perf_counter() - started, trades
 
 
+def end_to_end(cuts: str, bars: str, config_path: str, tmp: str, workers: int) -> tuple[float, float, str]:
+    """(process wall seconds, flow rate from its own line, that line) of one `cuts backtest`."""
+    ch = tempfile.mkdtemp(dir=tmp)
+    started = time.perf_counter()
+    proc = subprocess.run([cuts, "backtest", "--bars", bars, "--config", config_path, "--clickhouse",
+                           "chdb://" + os.path.join(ch, "ch"), "--workers", str(workers), "--quiet"],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"cuts backtest failed:\n{proc.stdout}\n{proc.stderr}")
+    line = proc.stdout.strip()
+    flow_rate = float(line.split("(")[1].split(" bars/s")[0].replace(",", ""))
+    return wall, flow_rate, line
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--symbols", type=int, default=31)
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--configs", default="config/trading.yaml,config/panic.yaml")
     args = ap.parse_args()
+    configs = [os.path.join(ROOT, c) if not os.path.isabs(c) else c for c in args.configs.split(",")]
     cuts = os.path.join(os.path.dirname(sys.executable), "cuts")
+    walls = {c: [] for c in configs}
+    flows = {c: [] for c in configs}
+    ops = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         bars = os.path.join(tmp, "bars.parquet")
         subprocess.run([cuts, "generate", "--symbols", str(args.symbols), "--days", str(args.days),
                         "--seed", "42", "--out", bars], check=True, stdout=subprocess.DEVNULL)
-        n, secs, trades = operators_only(bars)
-        print(f"operators alone: {n:,} bars in {secs:.2f} s = {n / secs:,.0f} bars/s ({trades} trades)")
-        started = time.perf_counter()
-        proc = subprocess.run([cuts, "backtest", "--bars", bars, "--clickhouse",
-                               "chdb://" + os.path.join(tmp, "ch"), "--workers", str(args.workers),
-                               "--quiet"], capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if proc.returncode:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
-            return 1
+        for r in range(args.rounds):
+            for c in configs:
+                name = os.path.relpath(c, ROOT)
+                n, secs, trades = operators_only(bars, c)
+                ops[c].append(n / secs)
+                print(f"[{r + 1}] {name}: operators alone: {n:,} bars in {secs:.2f} s = {n / secs:,.0f} bars/s "
+                      f"({trades} trades)")
+                wall, flow, line = end_to_end(cuts, bars, c, tmp, args.workers)
+                walls[c].append(n / wall)
+                flows[c].append(flow)
+                print(f"[{r + 1}] {name}: {line}")
+                print(f"[{r + 1}] {name}: end to end (process wall time, file in, ClickHouse out, "
+                      f"{args.workers} worker(s)): {n:,} bars in {wall:.2f} s = {n / wall:,.0f} bars/s")
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(proc.stdout.strip())
-        print(f"end to end (process wall time, file in, ClickHouse out, {args.workers} worker(s)): "
-              f"{n:,} bars in {wall:.2f} s = {n / wall:,.0f} bars/s; peak RSS {peak_mib:,.0f} MiB")
+        print(f"\nmedians of {args.rounds} round(s), {n:,} bars; peak RSS of any child {peak_mib:,.0f} MiB")
+        base = configs[0]
+        for c in configs:
+            name = os.path.relpath(c, ROOT)
+            e2e, flow, op = (statistics.median(x[c]) for x in (walls, flows, ops))
+            rel = ""
+            if c != base:
+                rel = (f"  ({e2e / statistics.median(walls[base]):.0%} of {os.path.relpath(base, ROOT)} end to end, "
+                       f"{flow / statistics.median(flows[base]):.0%} in the flow)")
+            print(f"{name}: end to end {e2e:,.0f} bars/s, flow {flow:,.0f} bars/s, operators {op:,.0f} bars/s{rel}")
     return 0
 
 

@@ -292,3 +292,19 @@ def test_consensus_combines_only_sma_pairs_the_panic_acts_alone_after_it(kind):
     assert passed == [(0, 6, "consensus", BUY), (0, 6, PID, BUY)]
     types = [s.strategy_type for s in out.signals[T0 + 5 * 60]]
     assert types == ["sma_cross", "panic_rebound"]
+
+
+def test_huge_prices_and_volumes_stay_exact_beyond_64_bit_integers(kind):
+    # volumes of 1e16 shares (1e19 milli-shares) and prices of 1e9 $ (1e15 micro-dollars,
+    # times 10_000 above 2**63): the same standard day, scaled, still panics at bar 5
+    # exactly at both thresholds and buys at bar 6; one micro-dollar above does not.
+    def scaled(day):
+        return [Bar(b.symbol, b.ts, b.open * 1e7, b.high * 1e7, b.low * 1e7, b.close * 1e7, b.volume * 1e14)
+                for b in day]
+    passed, _, _ = feed(kind, cfg(), scaled(standard_day()))
+    assert passed == [(0, 6, PID, BUY)]
+    over = scaled(standard_day())
+    b5 = over[4]
+    over[4] = Bar(b5.symbol, b5.ts, b5.open, b5.high, b5.low, b5.close + 0.000001, b5.volume)
+    passed, _, _ = feed(kind, cfg(), over)
+    assert passed == []

@@ -19,10 +19,11 @@ Everything is compared in integers: prices in micro-dollars
 Two forms with the same signals, both O(1) amortised per bar:
 - `step` (bar at a time): monotonic deques for the two window maxima and a
   running sum for the baseline, all restarted at a new trading day;
-- `step_block` (a chunk, numpy): van Herk / Gil-Werman block maxima and a
-  cumulative sum over the carried tail plus the chunk. A window that matters
-  (j >= N + M) lies inside its day, so the windows run across days and only
-  the day's bar count decides which bars may signal.
+- `step_block` (a chunk, numpy): van Herk / Gil-Werman block maxima of the
+  highs over the carried tail plus the chunk, then the volume windows at the
+  (rare) bars that dropped. A window that matters (j >= N + M) lies inside
+  its day, so the windows run across days and only the day's bar count
+  decides which bars may signal.
 """
 from __future__ import annotations
 
@@ -181,35 +182,40 @@ def step_block(spec: PanicSpec, st: PanicBlockState, acc, days: np.ndarray) -> l
         highs = np.rint(acc.high * 1_000_000).astype(np.int64)
         vols = np.rint(acc.volume * 1000).astype(np.int64)
         closes = np.rint(acc.close * 1_000_000).astype(np.int64)
-        opens = np.rint(acc.open * 1_000_000).astype(np.int64)
         tail_highs, tail_vols = st.highs, st.vols
     else:  # huge prices or volumes: exact Python integers
         def ints(values, convert):
             return np.array([convert(x) for x in values.tolist()] + [0], dtype=object)[:-1]
-        highs, closes, opens = (ints(a, to_micros) for a in (acc.high, acc.close, acc.open))
-        vols = ints(acc.volume, to_milli)
+        highs, closes, vols = ints(acc.high, to_micros), ints(acc.close, to_micros), ints(acc.volume, to_milli)
         tail_highs, tail_vols = st.highs.astype(object), st.vols.astype(object)
     zeros = np.zeros(keep - len(tail_highs), dtype=highs.dtype)  # before the symbol's first bar
     s_high = np.concatenate((zeros, tail_highs, highs))
     s_vol = np.concatenate((zeros, tail_vols, vols))
-    # chunk bar j is series index i = keep + j
-    peak = sliding_max(s_high, n)[m:]  # window ending at i: result index i - (n - 1) = m + j
-    vmax = sliding_max(s_vol, n)[m:]
-    csum = np.concatenate((np.zeros(1, dtype=vols.dtype), np.cumsum(s_vol)))
-    i = np.arange(keep, keep + size)
-    baseline = csum[i - n + 1] - csum[i - n - m + 1]  # bars i-N-M+1 .. i-N
-    panic = ((k >= n + m)
-             & (closes * 10_000 <= peak * (10_000 - spec.drop_bps)).astype(bool)
-             & (vmax * (m * 100) >= baseline * spec.mult_c).astype(bool))
-    was_panic = np.concatenate(([st.prev_panic], panic[:-1]))
-    prev_close = np.concatenate(([st.prev_close], closes[:-1]))
-    buy = (k >= n + m + 1) & was_panic & (closes > opens).astype(bool) & (closes > prev_close).astype(bool)
+    # chunk bar j is series index keep + j; its drop window ends there
+    peak = sliding_max(s_high, n)[m:]  # window ending at series index i: result i - (n - 1) = m + j
+    drop = (k >= n + m) & (closes * 10_000 <= peak * (10_000 - spec.drop_bps)).astype(bool)
+    # drops are rare: the volume windows are looked at there only
+    panics = np.flatnonzero(drop)
+    if len(panics):
+        ends = panics + keep
+        vmax = s_vol[ends[:, None] - np.arange(n)].max(axis=1)  # bars j-N+1 .. j
+        baseline = s_vol[ends[:, None] - n - np.arange(m)].sum(axis=1)  # bars j-N-M+1 .. j-N
+        panics = panics[(vmax * (m * 100) >= baseline * spec.mult_c).astype(bool)]
+    # BUY at a bar after a panic bar (today: k >= N + M + 1), green and closing higher
+    after = (panics + 1).tolist()
+    if st.prev_panic:
+        after.insert(0, 0)
+    out = []
+    terms, symbol, conf = spec.terms, acc.symbol, spec.confidence
+    for j in after:
+        if j < size and k[j] >= n + m + 1:
+            close = int(closes[j])
+            if close > to_micros(float(acc.open[j])) and close > (int(closes[j - 1]) if j else st.prev_close):
+                out.append(terms.signal(symbol, BUY, int(acc.ts[j]), float(acc.close[j]), conf))
     st.day, st.k = int(days[-1]), int(k[-1])
     st.highs, st.vols = s_high[len(s_high) - keep:], s_vol[len(s_vol) - keep:]
-    st.prev_close, st.prev_panic = int(closes[-1]), bool(panic[-1])
-    terms, symbol, conf = spec.terms, acc.symbol, spec.confidence
-    return [terms.signal(symbol, BUY, int(acc.ts[j]), float(acc.close[j]), conf)
-            for j in np.flatnonzero(buy).tolist()]
+    st.prev_close, st.prev_panic = int(closes[-1]), bool(len(panics) and panics[-1] == size - 1)
+    return out
 
 
 # ------------------------------------------------------------ the type
