@@ -1,10 +1,12 @@
 """Backtest throughput: the full `cuts backtest` (file in, ClickHouse out) and
 the operators alone, on 31 symbols x 60 days of generated minute bars, with
-the default configuration and with `config/panic.yaml` (the three SMA pairs
-plus the panic-rebound detector) beside it.
+the default configuration, with `config/panic.yaml` (the three SMA pairs
+plus the panic-rebound detector, ten losses in a row allowed) and with the
+default plus the panic detector alone (`trading+panic_detector.yaml`, written
+for the run: the detector's own cost).
 
     .venv/bin/python bench/backtest.py [--symbols 31] [--days 60] [--workers 1] [--rounds 5]
-                                       [--configs config/trading.yaml,config/panic.yaml]
+                                       [--configs config/trading.yaml,config/panic.yaml,DETECTOR_ONLY]
 
 Targets: >= 100,000 bars/s end to end on one worker, peak memory under
 1.5 GiB (issue 2); the panic detector costs at most 15 % of the end-to-end
@@ -84,26 +86,43 @@ def end_to_end(cuts: str, bars: str, config_path: str, tmp: str, workers: int) -
     return wall, flow_rate, line
 
 
+def detector_only(tmp: str) -> str:
+    """config/trading.yaml plus the panic entry of config/panic.yaml, nothing else
+    changed: the detector's own cost (panic.yaml also allows more losses in a row,
+    which lets the SMA pairs trade more)."""
+    import yaml
+
+    with open(os.path.join(ROOT, "config", "trading.yaml")) as fh:
+        cfg = yaml.safe_load(fh)
+    with open(os.path.join(ROOT, "config", "panic.yaml")) as fh:
+        cfg["strategies"] += [s for s in yaml.safe_load(fh)["strategies"] if s.get("type") == "panic_rebound"]
+    path = os.path.join(tmp, "trading+panic_detector.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--symbols", type=int, default=31)
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--configs", default="config/trading.yaml,config/panic.yaml")
+    ap.add_argument("--configs", default="config/trading.yaml,config/panic.yaml,DETECTOR_ONLY")
     args = ap.parse_args()
-    configs = [os.path.join(ROOT, c) if not os.path.isabs(c) else c for c in args.configs.split(",")]
     cuts = os.path.join(os.path.dirname(sys.executable), "cuts")
-    walls = {c: [] for c in configs}
-    flows = {c: [] for c in configs}
-    ops = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
+        configs = [detector_only(tmp) if c == "DETECTOR_ONLY" else os.path.join(ROOT, c) if not os.path.isabs(c)
+                   else c for c in args.configs.split(",")]
+        walls = {c: [] for c in configs}
+        flows = {c: [] for c in configs}
+        ops = {c: [] for c in configs}
         bars = os.path.join(tmp, "bars.parquet")
         subprocess.run([cuts, "generate", "--symbols", str(args.symbols), "--days", str(args.days),
                         "--seed", "42", "--out", bars], check=True, stdout=subprocess.DEVNULL)
         for r in range(args.rounds):
             for c in configs:
-                name = os.path.relpath(c, ROOT)
+                name = _name(c)
                 n, secs, trades = operators_only(bars, c)
                 ops[c].append(n / secs)
                 print(f"[{r + 1}] {name}: operators alone: {n:,} bars in {secs:.2f} s = {n / secs:,.0f} bars/s "
@@ -118,14 +137,18 @@ def main() -> int:
         print(f"\nmedians of {args.rounds} round(s), {n:,} bars; peak RSS of any child {peak_mib:,.0f} MiB")
         base = configs[0]
         for c in configs:
-            name = os.path.relpath(c, ROOT)
+            name = _name(c)
             e2e, flow, op = (statistics.median(x[c]) for x in (walls, flows, ops))
             rel = ""
             if c != base:
-                rel = (f"  ({e2e / statistics.median(walls[base]):.0%} of {os.path.relpath(base, ROOT)} end to end, "
+                rel = (f"  ({e2e / statistics.median(walls[base]):.0%} of {_name(base)} end to end, "
                        f"{flow / statistics.median(flows[base]):.0%} in the flow)")
             print(f"{name}: end to end {e2e:,.0f} bars/s, flow {flow:,.0f} bars/s, operators {op:,.0f} bars/s{rel}")
     return 0
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path) if not path.startswith(ROOT) else os.path.relpath(path, ROOT)
 
 
 if __name__ == "__main__":
