@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import pytest
 
-from connectors.embedded_kafka import EmbeddedKafka
+from connectors.kafka.embedded import EmbeddedKafka
 from test_kafka_e2e import CUTS, ROOT, _free_port, cuts, replay_args, run_and_kill, same_exports
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def read(path):
 
 def query(dsn: str, sql: str) -> list:
     """Rows of a SQL query, in a process of its own (chDB: one directory per process)."""
-    code = ("import json, sys; from connectors.clickhouse import open_client; "
+    code = ("import json, sys; from connectors.clickhouse.client import open_client; "
             "print(json.dumps(open_client(sys.argv[1]).query(sys.argv[2]).result_rows))")
     out = subprocess.run([sys.executable, "-c", code, dsn, sql], capture_output=True, text=True, cwd=ROOT,
                          check=True)
@@ -136,8 +136,8 @@ def test_panic_config_live_worker_makes_the_file_backtests_trades(broker, market
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, proc.stderr.read()
-    subprocess.run([sys.executable, "-c", "import sys; from connectors import analytics; "
-                    "from connectors.clickhouse import open_client; "
+    subprocess.run([sys.executable, "-c", "import sys; from connectors.clickhouse import analytics; "
+                    "from connectors.clickhouse.client import open_client; "
                     "analytics.export_csv(open_client(sys.argv[1]), 'panic', sys.argv[2])",
                     f"chdb://{ch}", str(tmp_path / "out")], cwd=ROOT, check=True)
     assert (tmp_path / "out" / "trades.csv").read_bytes() == (file_results / "trades.csv").read_bytes()
