@@ -145,7 +145,7 @@ def test_panic_config_live_worker_makes_the_file_backtests_trades(broker, market
 
 def test_panic_config_sigkill_then_resume_gives_every_table_of_an_uninterrupted_run(broker, tmp_path):
     path = tmp_path / "bars.parquet"
-    cuts("generate", "--symbols", "31", "--days", "15", "--seed", "8", "--out", str(path))
+    cuts("generate", "--symbols", "31", "--days", "8", "--seed", "1", "--out", str(path))  # 8 panic trades
     cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "panic-recover", "--partitions", "3",
          "--records", "bar")
     clean = tmp_path / "clean"
@@ -155,7 +155,7 @@ def test_panic_config_sigkill_then_resume_gives_every_table_of_an_uninterrupted_
     crashed = tmp_path / "crashed"
     rec_args = replay_args(broker, "panic-recover", crashed / "ch", "--config", PANIC_CONFIG,
                            "--recovery-dir", str(crashed / "rec"), "--snapshot-s", "1")
-    assert run_and_kill(rec_args, at_bars=40_000), "the run ended before the kill point"
+    assert run_and_kill(rec_args, at_bars=30_000), "the run ended before the kill point"
     done = cuts(*rec_args, "--out", str(crashed / "out"), "--quiet")
     assert "resumed" in done.stdout
     same_exports(clean / "out", crashed / "out")
