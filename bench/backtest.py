@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def operators_only(path: str, config_path: str) -> tuple[int, float, int]:
+def operators_only(path: str, config_path: str) -> tuple[int, float, float, int]:
     """Symbol stage + event-time ordering + portfolio, without Bytewax or ClickHouse."""
     from connectors.config import load_trading_config
     from connectors.files.barfile import BarFileSource, read_bar_file
@@ -53,7 +53,7 @@ def operators_only(path: str, config_path: str) -> tuple[int, float, int]:
     states: dict = {}
     stage = PortfolioStage.new(Portfolio.new(cfg), [0])
     trades = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     batch = []
     for item in items:
         if isinstance(item, Chunk):
@@ -68,22 +68,26 @@ def operators_only(path: str, config_path: str) -> tuple[int, float, int]:
             trades += len(stage.on_items(batch).trades)
             batch = []
     trades += len(stage.flush().trades)
-    return len(cols), time.perf_counter() - started, trades
+    return len(cols), time.perf_counter() - started, time.process_time() - cpu, trades
 
 
-def end_to_end(cuts: str, bars: str, config_path: str, tmp: str, workers: int) -> tuple[float, float, str]:
-    """(process wall seconds, flow rate from its own line, that line) of one `cuts backtest`."""
+def end_to_end(cuts: str, bars: str, config_path: str, tmp: str, workers: int) -> tuple[float, float, float, str]:
+    """(process wall seconds, process CPU seconds, flow rate from its own line, that line)
+    of one `cuts backtest`."""
     ch = tempfile.mkdtemp(dir=tmp)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([cuts, "backtest", "--bars", bars, "--config", config_path, "--clickhouse",
                            "chdb://" + os.path.join(ch, "ch"), "--workers", str(workers), "--quiet"],
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         raise SystemExit(f"cuts backtest failed:\n{proc.stdout}\n{proc.stderr}")
     line = proc.stdout.strip()
     flow_rate = float(line.split("(")[1].split(" bars/s")[0].replace(",", ""))
-    return wall, flow_rate, line
+    return wall, cpu, flow_rate, line
 
 
 def detector_only(tmp: str) -> str:
@@ -114,36 +118,41 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         configs = [detector_only(tmp) if c == "DETECTOR_ONLY" else os.path.join(ROOT, c) if not os.path.isabs(c)
                    else c for c in args.configs.split(",")]
-        walls = {c: [] for c in configs}
-        flows = {c: [] for c in configs}
-        ops = {c: [] for c in configs}
+        walls, cpus, flows, ops, ops_cpu = ({c: [] for c in configs} for _ in range(5))
         bars = os.path.join(tmp, "bars.parquet")
         subprocess.run([cuts, "generate", "--symbols", str(args.symbols), "--days", str(args.days),
                         "--seed", "42", "--out", bars], check=True, stdout=subprocess.DEVNULL)
         for r in range(args.rounds):
             for c in configs:
                 name = _name(c)
-                n, secs, trades = operators_only(bars, c)
+                n, secs, op_cpu, trades = operators_only(bars, c)
                 ops[c].append(n / secs)
+                ops_cpu[c].append(n / op_cpu)
                 print(f"[{r + 1}] {name}: operators alone: {n:,} bars in {secs:.2f} s = {n / secs:,.0f} bars/s "
-                      f"({trades} trades)")
-                wall, flow, line = end_to_end(cuts, bars, c, tmp, args.workers)
+                      f"({n / op_cpu:,.0f} per CPU second; {trades} trades)")
+                wall, cpu, flow, line = end_to_end(cuts, bars, c, tmp, args.workers)
                 walls[c].append(n / wall)
+                cpus[c].append(n / cpu)
                 flows[c].append(flow)
                 print(f"[{r + 1}] {name}: {line}")
                 print(f"[{r + 1}] {name}: end to end (process wall time, file in, ClickHouse out, "
-                      f"{args.workers} worker(s)): {n:,} bars in {wall:.2f} s = {n / wall:,.0f} bars/s")
+                      f"{args.workers} worker(s)): {n:,} bars in {wall:.2f} s = {n / wall:,.0f} bars/s; "
+                      f"{cpu:.2f} CPU s = {n / cpu:,.0f} bars per CPU second")
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"\nmedians of {args.rounds} round(s), {n:,} bars; peak RSS of any child {peak_mib:,.0f} MiB")
         base = configs[0]
         for c in configs:
             name = _name(c)
-            e2e, flow, op = (statistics.median(x[c]) for x in (walls, flows, ops))
-            rel = ""
+            e2e, cpu, flow, op, op_cpu = (statistics.median(x[c]) for x in (walls, cpus, flows, ops, ops_cpu))
+            print(f"{name}: end to end {e2e:,.0f} bars/s ({cpu:,.0f} per CPU second), flow {flow:,.0f} bars/s, "
+                  f"operators {op:,.0f} bars/s ({op_cpu:,.0f} per CPU second)")
             if c != base:
-                rel = (f"  ({e2e / statistics.median(walls[base]):.0%} of {_name(base)} end to end, "
-                       f"{flow / statistics.median(flows[base]):.0%} in the flow)")
-            print(f"{name}: end to end {e2e:,.0f} bars/s, flow {flow:,.0f} bars/s, operators {op:,.0f} bars/s{rel}")
+                # ratios within each round (the rounds interleave the configurations), then their median
+                def paired(x):
+                    return statistics.median(a / b for a, b in zip(x[c], x[base]))
+                print(f"  vs {_name(base)} (median of the rounds' ratios): end to end {paired(walls):.0%}, "
+                      f"per CPU second {paired(cpus):.0%}, flow {paired(flows):.0%}, operators {paired(ops):.0%}, "
+                      f"operators per CPU second {paired(ops_cpu):.0%}")
     return 0
 
 
