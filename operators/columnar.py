@@ -66,6 +66,16 @@ class ColumnarSymbolState:
         return np.zeros(0, dtype=np.int64)
 
 
+def snapshot_state(state: ColumnarSymbolState, rules: SignalRules) -> ColumnarSymbolState:
+    """A copy for recovery: the gate's memory, and each strategy type's state as
+    its own `snapshot` makes it."""
+    strategies = state.strategies
+    if strategies is not None:
+        strategies = [kind.snapshot(s) for (kind, _), s in zip(rules.groups, strategies)]
+    return ColumnarSymbolState(state.last_ts, deque(state.recent, maxlen=RECENT_MINUTES), state.count,
+                               strategies)
+
+
 def invalid_reasons(block: BarBlock) -> np.ndarray:
     """Per bar: '' when valid, else the first reason (same order as bar_problem)."""
     n = len(block)

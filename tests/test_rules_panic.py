@@ -308,3 +308,24 @@ def test_huge_prices_and_volumes_stay_exact_beyond_64_bit_integers(kind):
     over[4] = Bar(b5.symbol, b5.ts, b5.open, b5.high, b5.low, b5.close + 0.000001, b5.volume)
     passed, _, _ = feed(kind, cfg(), over)
     assert passed == []
+
+
+def test_a_snapshot_mid_day_resumes_to_the_same_signals():
+    # Recovery: the columnar state is snapshotted (each type's own snapshot) after bar 4,
+    # the original goes on being mutated, and the snapshot resumes to the same signals
+    # as an uninterrupted run (sma_cross and panic_rebound state alike).
+    from operators.columnar import snapshot_state
+
+    config = cfg(PANIC, StrategyConfig(fast=2, slow=3, confidence=0.7))
+    rules = SignalRules.from_config(config)
+    days = standard_day({6: {"o": 99.0, "c": 101.3}, 7: {"o": 101.3, "c": 100.0}})
+    whole = SymbolOutput()
+    step_block(ColumnarSymbolState(), rules, block_from_bars(days), list(range(len(days))), "row ", whole)
+    state, first = ColumnarSymbolState(), SymbolOutput()
+    step_block(state, rules, block_from_bars(days[:4]), [0, 1, 2, 3], "row ", first)
+    saved = snapshot_state(state, rules)
+    step_block(state, rules, block_from_bars(days[4:]), [4, 5, 6], "row ", SymbolOutput())  # the lost run
+    resumed = SymbolOutput()
+    step_block(saved, rules, block_from_bars(days[4:]), [4, 5, 6], "row ", resumed)
+    assert {**first.signals, **resumed.signals} == whole.signals
+    assert any(s.strategy_type == "panic_rebound" for sigs in whole.signals.values() for s in sigs)
