@@ -17,7 +17,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from operators.columnar import BarBlock, ColumnarSymbolState, step_block
+from operators.columnar import BarBlock, ColumnarSymbolState, snapshot_state, step_block
 from operators.config import TradingConfig
 from operators.live_portfolio import BrokerPortfolio
 from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
@@ -37,7 +37,7 @@ class FlowSettings:
 
 
 class SymbolLogic(StatefulBatchLogic):
-    """One symbol's validation, SMA windows and signals (columnar hot path)."""
+    """One symbol's validation and every strategy type's signals (columnar hot path)."""
 
     def __init__(self, rules: SignalRules, resume: ColumnarSymbolState | None):
         self.rules = rules
@@ -56,7 +56,7 @@ class SymbolLogic(StatefulBatchLogic):
         return results, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        return copy.deepcopy(self.state)
+        return snapshot_state(self.state, self.rules)
 
 
 class PortfolioLogic(StatefulBatchLogic):
