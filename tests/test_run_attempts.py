@@ -191,3 +191,20 @@ def test_a_run_recorded_before_attempts_existed_is_replaced_by_its_rerun(markets
     assert [(a.attempt, a.status) for a in ch_runs.attempts(client, "old")] == [(1, "replaced"), (2, "finished")]
     left = client.command("SELECT count() FROM thousandcuts.equity WHERE run_id = 'old'")
     assert left == 0
+
+
+def test_a_stopped_live_run_is_complete_up_to_its_stop_and_a_running_one_is_partial(dsn):
+    from connectors.clickhouse.client import ensure_schema
+
+    client = open_client(dsn)
+    ensure_schema(client)
+    live = ch_runs.begin_attempt(client, "paper-9", "live", "{}")
+    running = format_text(build_report(client, "paper-9"))
+    assert running.splitlines()[0] == "Run paper-9 -- RUNNING: PARTIAL RESULTS"
+    ch_runs.end_attempt(client, live, "stopped", 0, "on SIGTERM")
+    doc = build_report(client, "paper-9")
+    text = format_text(doc)
+    assert doc["run"]["complete"] and text.splitlines()[0] == "Run paper-9" and "PARTIAL" not in text
+    assert "Status: stopped on SIGTERM (attempt 1" in text and "a live run, complete up to its stop" in text
+    ch_runs.begin_attempt(client, "paper-9", "live", "{}")  # restarted: the same attempt, running again
+    assert [(a.attempt, a.status) for a in ch_runs.attempts(client, "paper-9")] == [(1, "running")]

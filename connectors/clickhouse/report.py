@@ -64,6 +64,10 @@ def status_lines(run: dict, latest: dict | None) -> list[str]:
     span = f"{run['started_at'] or '?'} -> {run['finished_at'] or 'now'}"
     if run["status"] == FINISHED:
         lines = [f"Status: finished ({a}, {span}, {run['bar_count']:,} bars)"]
+    elif run["complete"]:  # a live run's normal end
+        why = f" {run['detail']}" if run.get("detail") else ""
+        lines = [f"Status: {run['status']}{why} ({a}, {span}, {run['bar_count']:,} bars): a live run, complete "
+                 f"up to its stop"]
     else:
         why = f" {run['detail']}" if run.get("detail") else ""
         state = run["status"].upper()
@@ -108,7 +112,7 @@ def build_report(client, run, database: str = DATABASE) -> dict:
     """Everything `cuts report` shows, as plain values (JSON-ready)."""
     current, history = resolve(client, run, database)
     info = analytics.attempt_info(current)
-    info["complete"] = current.status == FINISHED
+    info["complete"] = current.complete
     info["attempts"] = len(history)
     latest = analytics.attempt_info(history[-1]) if history[-1].attempt != current.attempt else None
     data = current.data_id

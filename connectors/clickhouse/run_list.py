@@ -10,7 +10,7 @@ import json
 
 from connectors.clickhouse.analytics import _fmt, _table, attempt_info
 from connectors.clickhouse.report import resolve
-from connectors.clickhouse.runs import FINISHED, RunAttempt, list_runs
+from connectors.clickhouse.runs import RunAttempt, list_runs
 from connectors.clickhouse.schema import DATABASE
 
 
@@ -45,7 +45,7 @@ def run_rows(client, database: str = DATABASE) -> list[dict]:
         info = attempt_info(current)
         trades, pnl = totals.get(current.data_id, (0, 0.0))
         out.append({"run_id": current.run_id, "mode": current.mode, "status": status_text(current, latest),
-                    "complete": current.status == FINISHED, "attempt": current.attempt,
+                    "complete": current.complete, "attempt": current.attempt,
                     "started_at": info["started_at"], "finished_at": info["finished_at"],
                     "bars": current.bar_count, "trades": trades, "pnl": pnl if trades else None,
                     "source": current.source, "config": config_id(current.config_json)})
@@ -72,7 +72,7 @@ def run_details(client, run_id: str, database: str = DATABASE) -> dict:
         config = {"unreadable": current.config_json}
     info = attempt_info(current)
     info.pop("config_json")
-    return {"run": {**info, "status": status_text(current, history[-1]), "complete": current.status == FINISHED,
+    return {"run": {**info, "status": status_text(current, history[-1]), "complete": current.complete,
                     "trades": trades, "pnl": pnl if trades else None, "config_id": config_id(current.config_json)},
             "attempts": [{k: v for k, v in attempt_info(a).items() if k != "config_json"} | {"data_id": a.data_id}
                          for a in history],

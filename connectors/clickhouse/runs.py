@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from connectors.clickhouse.client import client_lock, insert_columns
 from connectors.clickhouse.schema import DATABASE
 
-FINISHED, RUNNING, REPLACED = "finished", "running", "replaced"
+FINISHED, RUNNING, REPLACED, STOPPED = "finished", "running", "replaced", "stopped"
 STATUSES = {
     RUNNING: "being written now, or its process died without a word (crash, kill -9)",
     FINISHED: "complete: every bar of its source was applied",
@@ -82,7 +82,9 @@ class RunAttempt:
 
     @property
     def complete(self) -> bool:
-        return self.status == FINISHED
+        """Nothing is missing from its results: a finished run, or a live
+        run that was stopped (a stop is how a live run ends)."""
+        return self.status == FINISHED or (self.mode == "live" and self.status == STOPPED)
 
     def process_gone(self) -> bool:
         """Status `running`, but its process is not alive on this host (it
