@@ -54,10 +54,10 @@ def _wall(ts: str) -> str:
 
 
 def _columns(client, sql: str, run_id: str, **params) -> dict[str, np.ndarray]:
-    """Query result as named numpy columns."""
-    res = client.query(sql, parameters={"run_id": run_id, **params})
-    return {name: np.asarray(col) for name, col in zip(res.column_names, res.result_columns)} \
-        if res.result_rows else {name: np.asarray([]) for name in res.column_names}
+    """Query result as named numpy columns (through Arrow: the fastest way
+    out of clickhouse-connect for 100 k+ rows, ~1.5x the row decoder)."""
+    table = client.query_arrow(sql, parameters={"run_id": run_id, **params})
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def _equity_with_drawdown(db: str) -> str:
@@ -87,8 +87,8 @@ def equity_curve(client, run_id: str, max_points: int = EQUITY_DISPLAY_POINTS,
         sql = f"""
             WITH src AS {src}
             SELECT t, equity, drawdown FROM src WHERE t IN (
-                SELECT arrayJoin([min(t), max(t), argMin(t, equity), argMax(t, equity),
-                                  argMin(t, drawdown), argMax(t, drawdown)])
+                SELECT arrayJoin([min(t), max(t), argMin(t, (equity, t)), argMax(t, (equity, -t)),
+                                  argMin(t, (drawdown, t)), argMax(t, (drawdown, -t))])  -- ties: the first
                 FROM src GROUP BY intDiv(rn, {{bucket:UInt64}}))
             ORDER BY t"""
     cols = _columns(client, sql, run_id, cash=cash, bucket=bucket)
@@ -130,12 +130,12 @@ def extra_metrics(client, run_id: str, max_drawdown: float | None, database: str
             sqrt(avg(pow(least(r, 0), 2))) AS downside,
             if(days > 0 AND final > 0, pow(final / {{cash:Float64}}, 252 / days) - 1, NULL) AS cagr,
             if(days > 1 AND downside > 0, mean_r / downside * sqrt(252), NULL) AS sortino,
-            if(days > 0, max(r), NULL) AS best_day, toString(argMax(day, r)) AS best_day_date,
-            if(days > 0, min(r), NULL) AS worst_day, toString(argMin(day, r)) AS worst_day_date
+            if(days > 0, max(r), NULL) AS best_day, toString(argMax(day, (r, -toUInt32(day)))) AS best_day_date,
+            if(days > 0, min(r), NULL) AS worst_day, toString(argMin(day, (r, toUInt32(day)))) AS worst_day_date
         FROM {_daily_sql(database)}""", run_id, cash=cash)
     dd = _one(client, f"""
-        SELECT maxOrNull(b - a) / 86400 AS days, argMax(a, b - a) AS start_t, argMax(b, b - a) AS end_t,
-            argMax(back, b - a) AS recovered,
+        SELECT maxOrNull(b - a) / 86400 AS days, argMax(a, (b - a, -a)) AS start_t, argMax(b, (b - a, -a)) AS end_t,
+            argMax(back, (b - a, -a)) AS recovered,
             formatDateTime(toDateTime(start_t, 'UTC'), '%F %R', 'UTC') AS start_text,
             formatDateTime(toDateTime(end_t, 'UTC'), '%F %R', 'UTC') AS end_text
         FROM (SELECT min(prev_t) AS a, max(next_t) AS b, argMax(next_under, t) = 0 AS back
@@ -220,22 +220,24 @@ def trade_list(client, run_id: str, database: str = DATABASE) -> dict[str, np.nd
 
 def candle_minutes(client, run_id: str, budget: int = CANDLE_BUDGET, per_symbol: int = CANDLES_PER_SYMBOL,
                    database: str = DATABASE) -> int:
-    """The finest of CANDLE_MINUTES whose candles fit the page's budgets."""
-    counts = ", ".join(f"uniqExact(symbol, {_bucket(m)}) AS all_{m}" for m in CANDLE_MINUTES)
-    per = ", ".join(f"uniqExact({_bucket(m)}) AS sym_{m}" for m in CANDLE_MINUTES)
-    total = _one(client, f"SELECT {counts} {_f(database, 'bars')}", run_id)
-    most = _one(client, f"SELECT {', '.join(f'max(sym_{m}) AS sym_{m}' for m in CANDLE_MINUTES)} "
-                        f"FROM (SELECT {per} {_f(database, 'bars')} GROUP BY symbol)", run_id)
+    """The finest of CANDLE_MINUTES whose candles fit the page's budgets.
+    (Counting distinct buckets needs no FINAL: a replayed bar falls in its
+    twin's bucket. Without it this is ~10x faster on a year of bars.)"""
+    per = ", ".join(f"uniqExact({_bucket(m)}) AS n{m}" for m in CANDLE_MINUTES)
+    n = _one(client, f"""SELECT {', '.join(f'sum(n{m}) AS all_{m}, max(n{m}) AS sym_{m}' for m in CANDLE_MINUTES)}
+        FROM (SELECT {per} FROM (SELECT symbol, toUnixTimestamp(ts) AS sec, ts FROM `{database}`.bars
+                                 WHERE run_id = {{run_id:String}}) GROUP BY symbol)""", run_id)
     for m in CANDLE_MINUTES:
-        if total[f"all_{m}"] <= budget and (most[f"sym_{m}"] or 0) <= per_symbol:
+        if n[f"all_{m}"] <= budget and n[f"sym_{m}"] <= per_symbol:
             return m
     return CANDLE_MINUTES[-1]
 
 
 def _bucket(minutes: int) -> str:
+    """Bucket of a bar (columns `sec`, epoch seconds, and `ts`)."""
     if minutes == 390:  # a New York session, stamped with its first bar
         return f"toDate(ts, '{NY}')"
-    return f"toStartOfInterval(ts, INTERVAL {minutes} MINUTE)"
+    return f"intDiv(sec, {minutes * 60})"
 
 
 def candles(client, run_id: str, minutes: int, database: str = DATABASE) -> dict[str, np.ndarray]:
@@ -243,9 +245,10 @@ def candles(client, run_id: str, minutes: int, database: str = DATABASE) -> dict
     bar's time, New York wall clock), ordered by symbol and time; 1 = the
     bars themselves."""
     if minutes == 1:
-        sql = f"SELECT symbol, {_wall('ts')} AS t, open, high, low, close {_f(database, 'bars')}"
+        sql = f"SELECT symbol, toUInt32({_wall('ts')}) AS t, open, high, low, close {_f(database, 'bars')}"
     else:
-        sql = f"""SELECT symbol, {_wall('min(ts)')} AS t, argMin(open, ts) AS open, max(high) AS high,
-                      min(low) AS low, argMax(close, ts) AS close
-                  {_f(database, 'bars')} GROUP BY symbol, {_bucket(minutes)}"""
+        sql = f"""SELECT symbol, toUInt32({_wall('min(ts)')}) AS t, argMin(open, sec) AS open, max(high) AS high,
+                      min(low) AS low, argMax(close, sec) AS close
+                  FROM (SELECT symbol, ts, toUnixTimestamp(ts) AS sec, open, high, low, close
+                        {_f(database, 'bars')}) GROUP BY symbol, {_bucket(minutes)}"""
     return _columns(client, sql + " ORDER BY symbol, t", run_id)
