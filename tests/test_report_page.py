@@ -230,3 +230,14 @@ def test_downsampled_equity_is_drawn_with_the_points_sql_kept(run, browser):  # 
         assert opened.problems == []
     finally:
         opened.close()
+
+
+def test_demo_writes_its_report_page_and_prints_where(tmp_path, browser):  # noqa: F811
+    proc = cuts("demo", "--dir", str(tmp_path / "demo"), "--symbols", "3", "--days", "2")
+    page = tmp_path / "demo" / "report.html"
+    assert f"report of run demo: {page} (" in proc.stdout.splitlines()[-1]
+    opened = OpenPage(browser, page)
+    try:
+        assert opened.lengths("fig-equity") == [2 * 390, 2 * 390] and opened.problems == []
+    finally:
+        opened.close()
