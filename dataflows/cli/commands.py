@@ -30,10 +30,12 @@ USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, ClickHouseDsnEr
                TradingStopped)
 
 
-def _finish(client, run, out: str | None, quiet: bool) -> None:
-    """After a finished run: its CSV files (`--out`) and its report, both of
-    exactly that attempt (`run`: the RunAttempt the runner returned)."""
+def _finish(client, run, out: str | None, quiet: bool, html: str | None = None) -> None:
+    """After a finished run: its CSV files (`--out`), its report and its page
+    (`--html`), all of exactly that attempt (`run`: the RunAttempt the runner
+    returned)."""
     from connectors.clickhouse.report import build_report, format_text
+    from dataflows.cli.run_commands import write_html
 
     if out:
         written = analytics.export_csv(client, run, out)
@@ -42,6 +44,8 @@ def _finish(client, run, out: str | None, quiet: bool) -> None:
                   file=sys.stderr)
     if not quiet:
         print(format_text(build_report(client, run)))
+    if html:
+        write_html(client, run, html)
 
 
 def _config(path: str | None):
@@ -71,7 +75,7 @@ def cmd_backtest(args) -> int:
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
           f"({rate:,.0f} bars/s){resumed}")
     _say_dead_letters(result, args.out)
-    _finish(open_client(dsn), result.attempt or result.run_id, args.out, args.quiet)
+    _finish(open_client(dsn), result.attempt or result.run_id, args.out, args.quiet, args.html)
     return 0
 
 
@@ -236,6 +240,8 @@ def cmd_demo(args) -> int:
     _say_dead_letters(result, os.path.join(args.dir, "out"))
     _finish(open_client(dsn), result.attempt or result.run_id, os.path.join(args.dir, "out"), False)
     print(f"\nCSV files in {os.path.join(args.dir, 'out')}; ClickHouse data in {dsn}")
+    from dataflows.cli.run_commands import write_html
+    write_html(open_client(dsn), result.attempt or result.run_id, os.path.join(args.dir, "report.html"))
     return 0
 
 

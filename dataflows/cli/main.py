@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", metavar="DIR", type=out_dir_arg,
                     help="also write trades.csv, orders.csv, ... to this directory, checked before the "
                          "run (default: none)")
+    bt.add_argument("--html", metavar="PATH",
+                    help="also write the run's tearsheet page, one HTML file (default: none)")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers")
     bt.add_argument("--quiet", action="store_true", help="no progress or report (default: both shown)")
     _recovery_args(bt)
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     live_commands.register(sub)
     reconcile_command.register(sub)
 
-    demo = command("demo", "generate a market, publish it to Kafka, replay it, print the report")
+    demo = command("demo", "generate a market, publish it to Kafka, replay it, print the report and write "
+                           "DIR/report.html")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
     demo.add_argument("--symbols", type=_positive_int, default=31, help="symbols of the generated market")
     demo.add_argument("--days", type=_positive_int, default=20, help="days of the generated market")

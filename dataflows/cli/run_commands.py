@@ -28,6 +28,9 @@ def register(sub) -> None:
                          "this backtest of the same bars: slippage, missed and extra trades (default: no "
                          "comparison)")
     rp.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    rp.add_argument("--html", metavar="PATH",
+                    help="write the run's tearsheet page (one self-contained HTML file; with --against, the "
+                         "comparison too) instead of printing the report (default: print text)")
     rp.add_argument("--csv", metavar="DIR", type=out_dir_arg,
                     help="also write the report's tables as CSV files into DIR (with --against: "
                          "DIR/comparison.csv, or the file itself when DIR ends in .csv) (default: none)")
@@ -53,6 +56,8 @@ def cmd_report(args) -> int:
     from connectors.clickhouse.report import build_report, format_text, to_json, write_csv
 
     client = _client(args)
+    if args.html:
+        return _report_html(client, args)
     if args.against is not None:
         return _report_against(client, args)
     run_id = args.run_id or analytics.latest_run_id(client)
@@ -92,6 +97,43 @@ def _report_against(client, args) -> int:
         print(f"wrote {rows} compared trades to {path}", file=sys.stderr)
     print(json.dumps(result, indent=1, default=str) if args.json else compare.format_comparison(result),
           end="" if not args.json else "\n")
+    return 0
+
+
+def write_html(client, run, path: str, against: str | None = None) -> None:
+    """The run's tearsheet page (its current attempt, or the RunAttempt
+    given); prints where it is."""
+    from connectors.clickhouse.runs import public_id
+    from dataflows.reports import write_run_page
+
+    if os.path.isdir(path):
+        raise UsageError(f"--html {path}: is a directory; give a file name such as {path.rstrip('/')}/report.html")
+    try:
+        size = write_run_page(client, run, path, against)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    print(f"report of run {public_id(run)}: {os.path.abspath(path)} ({size / 1e6:.1f} MB)")
+
+
+def _report_html(client, args) -> int:
+    """`cuts report --html PATH`: the tearsheet page of the run (with
+    --against, its comparison with that backtest too)."""
+    from connectors.clickhouse import analytics, compare
+    from connectors.clickhouse.report import resolve
+
+    if args.against is not None:
+        run_id = args.run_id or compare.latest_other_run(client, args.against)
+        if run_id is None:
+            raise UsageError(f"no run to compare with {args.against}: pass --run-id")
+        if run_id == args.against:
+            raise UsageError(f"--run-id and --against are the same run: {run_id}")
+    else:
+        run_id = args.run_id or analytics.latest_run_id(client)
+        if run_id is None:
+            raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    for rid in filter(None, (run_id, args.against)):
+        resolve(client, rid)  # UnknownRun with the nearest ids
+    write_html(client, run_id, args.html, args.against)
     return 0
 
 
