@@ -24,7 +24,9 @@ DASHBOARDS = sorted(glob.glob(os.path.join(ROOT, "docker", "grafana", "dashboard
 RUN = "graf"
 BROKER_ORDER = dict(order_id="sma_5_15.AAA.1.entry", client_order_id="graf.sma_5_15.AAA.1.entry", intent="entry",
                     symbol="AAA", side="buy", qty=10, decision_price=100.0, broker_order_id="b-1", status="accepted",
-                    adopted=False, detail="", acked_at_ms=0)
+                    adopted=False, detail="", acked_at_ms=0,
+                    # the order history's columns (broker_orders is append-only since the audit trail)
+                    event="accepted", leg="", filled_qty=0, clock="broker", source="sink", fill_price=0.0)
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +76,7 @@ def run(tmp_path_factory):
     orders = {k: [v] * 3 for k, v in BROKER_ORDER.items()} | {
         "run_id": [RUN] * 3, "decided_ts": [(first + 60 * i) * 1000 for i in range(3)],
         "decision_lag_ms": [40.0, 55.0, 70.0], "submit_ms": [80.0, 95.0, 120.0],
-        "client_order_id": [f"graf.o{i}" for i in range(3)]}
+        "client_order_id": [f"graf.o{i}" for i in range(3)], "at": [(first + 60 * i + 1) * 1000 for i in range(3)]}
     w.add_columns("broker_orders", {name: orders[name] for name in column_names("broker_orders")})
     w.flush()
     yield {"client": client, "from": dt.datetime.fromtimestamp(first, dt.timezone.utc),
