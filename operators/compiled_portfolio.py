@@ -22,22 +22,25 @@ counters; only the bars (and so the last closes and the clock) are shared.
   first appearance; `strategy_rank[c, g]` is strategy g's configuration
   order in configuration c, -1 where c does not trade it (its signals are
   ignored there).
-- `apply_batch(batch, start, stop, outs)`: apply bars start..stop-1 of a
+- `apply_batch(batch, start, stop, out)`: apply bars start..stop-1 of a
   `BarBatch` (bars in (timestamp, symbol) order with their signals, see
-  `BarBatch.build`) to every configuration. Decisions are decoded into
-  `outs[c]` (a `PortfolioOutput` per configuration). A `BarBatch` may carry
-  `sig_mask[row, c]`: configuration c acts on signal row `row` only where it
-  is true (a sweep whose configurations filter signals differently).
-- `apply_control(control, outs)`: a kill-switch `Control` (halt, flatten,
+  `BarBatch.build`) to every configuration. `out` is where decisions go:
+  a list with one `PortfolioOutput` per configuration, or one
+  `PortfolioOutput` (with one configuration its own lists; with several,
+  its `per_config` list, one `PortfolioOutput` per configuration, in
+  configuration order). A `BarBatch` may carry `sig_mask[row, c]`:
+  configuration c acts on signal row `row` only where it is true (a sweep
+  whose configurations filter signals differently).
+- `apply_control(control, out)`: a kill-switch `Control` (halt, flatten,
   resume) for every configuration, between bars; its `ControlEvent` goes to
-  each `outs[c]`.
-- `close_minute(outs)`: the equity point of the minute just applied, for
+  each configuration's output.
+- `close_minute(out)`: the equity point of the minute just applied, for
   every configuration (with `record_equity`; a sweep that only needs daily
   equity may turn it off and read `equity(c)` itself).
 - `raw=True` on `apply_batch` / `close_minute` returns the `EventLog` (numpy
   arrays, one row per decision with its configuration index, in each
   configuration's decision order) instead of decoding: a sweep may store
-  events columnar without building objects; `decode(log, outs)` decodes it.
+  events columnar without building objects; `decode(log, out)` decodes it.
 - State for snapshots: the object holds only numpy arrays, lists and dicts
   (`copy.deepcopy` and pickle work; Bytewax recovery snapshots it as part of
   the portfolio stage). Read one configuration's state with `cash(c)`,
@@ -233,11 +236,22 @@ class CompiledPortfolio:
                 np.zeros(1, dtype=np.int64))
 
     # -- the steps ----------------------------------------------------------
-    def apply_batch(self, batch: BarBatch, start: int = 0, stop: int | None = None, outs=None,
+    def outputs(self, out) -> list:
+        """One PortfolioOutput per configuration from the `out` of a call (see
+        the module docstring)."""
+        if isinstance(out, PortfolioOutput):
+            if self.n_configs == 1:
+                return [out]
+            if not out.per_config:
+                out.per_config.extend(PortfolioOutput() for _ in range(self.n_configs))
+            return out.per_config
+        return out
+
+    def apply_batch(self, batch: BarBatch, start: int = 0, stop: int | None = None, out=None,
                     raw: bool = False):
-        """Apply bars start..stop-1 of `batch`; decode into `outs` (one
-        PortfolioOutput per configuration), or with raw=True return the
-        EventLog."""
+        """Apply bars start..stop-1 of `batch`; decode into `out`, or with
+        raw=True return the EventLog."""
+        outs = None if raw else self.outputs(out)
         stop = len(batch) if stop is None else stop
         rows = self.EVENT_ROWS
         logs = []
@@ -261,7 +275,8 @@ class CompiledPortfolio:
         logs.append(self._take(ev_i, ev_f, ev_n, raw, outs))
         return _join(logs) if raw else None
 
-    def close_minute(self, outs=None, raw: bool = False):
+    def close_minute(self, out=None, raw: bool = False):
+        outs = None if raw else self.outputs(out)
         rows = max(1, self.n_configs)
         ev_i, ev_f, ev_n = self._buffers(rows)
         K.close_minute(self.acct_f, self.acct_i, self.pos_i, self.last_close, self.clock,
@@ -269,8 +284,9 @@ class CompiledPortfolio:
         log = self._take(ev_i, ev_f, ev_n, raw, outs)
         return log if raw else None
 
-    def apply_control(self, control, outs) -> None:
+    def apply_control(self, control, out) -> None:
         """A kill-switch control (see operators.ordering.Control) for every configuration."""
+        outs = self.outputs(out)
         n = self.n_configs
         if control.action != "resume" and control.flatten:
             while self.pend_i.shape[1] < int((self.acct_i[:, K.AI_NPEND] + self.acct_i[:, K.AI_NPOS]).max()):
@@ -298,31 +314,67 @@ class CompiledPortfolio:
         return None
 
     # -- decoding -----------------------------------------------------------
-    def decode(self, log: EventLog, outs) -> None:
-        """Append the log's decisions, as domain objects, to outs[config]."""
+    def decode(self, log: EventLog, out) -> None:
+        """Append the log's decisions, as domain objects, to each configuration's output."""
         if not len(log):
             return
-        symbols, strategies = self.symbols, self.strategies
-        for (kind, c, s, g, qty, ts, ts2, leg, reason), (x, y, z, w, v) in zip(
-                log.ev_i.tolist(), log.ev_f.tolist()):
-            out = outs[c]
-            if kind == K.EV_EQUITY:
-                out.equity.append(EquityPoint(ts, x, y, qty, z))
-                continue
-            sid, sym = strategies[g], symbols[s]
-            if kind == K.EV_REJECT:
-                out.rejections.append(Rejection(sid, sym, ts, REJECTIONS[reason], x))
-            elif kind == K.EV_ORDER:
-                side = BUY if leg == K.LEG_ENTRY else SELL
-                out.orders.append(Order(f"{sid}.{sym}.{ts}.{LEGS[leg]}", sid, sym, side, qty, ts, x,
-                                        REASONS[reason]))
-            elif kind == K.EV_FILL:
-                side = BUY if leg == K.LEG_ENTRY else SELL
-                out.fills.append(Fill(f"{sid}.{sym}.{ts2}.{LEGS[leg]}", sid, sym, side, qty, ts, x, y,
-                                      REASONS[reason]))
-            elif kind == K.EV_TRADE:
-                out.trades.append(Trade(f"{sid}.{sym}.{ts2}", sym, sid, qty, ts2, x, ts, y,
-                                        REASONS[reason], z, w, v))
+        outs = self.outputs(out)
+        ev_i, ev_f = log.ev_i, log.ev_f
+        kinds = ev_i[:, K.EI_KIND]
+        several = self.n_configs > 1
+        for c in (np.unique(ev_i[:, K.EI_CFG]).tolist() if several else (0,)):
+            mine = ev_i[:, K.EI_CFG] == c if several else None
+            for kind, decode_kind in _DECODERS.items():
+                rows = np.flatnonzero(kinds == kind if mine is None else (kinds == kind) & mine)
+                if len(rows):
+                    decode_kind(self, ev_i[rows], ev_f[rows], outs[c])
+
+    def _names(self, ev_i) -> tuple[list, list]:
+        """Strategy ids and symbols of the rows."""
+        strategies = np.array(self.strategies, dtype=object)[ev_i[:, K.EI_STRAT]].tolist()
+        symbols = np.array(self.symbols, dtype=object)[ev_i[:, K.EI_SYM]].tolist()
+        return strategies, symbols
+
+    def _decode_equity(self, ev_i, ev_f, out) -> None:
+        out.equity.extend(map(EquityPoint, ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_X].tolist(),
+                              ev_f[:, K.EF_Y].tolist(), ev_i[:, K.EI_QTY].tolist(),
+                              ev_f[:, K.EF_Z].tolist()))
+
+    def _decode_rejections(self, ev_i, ev_f, out) -> None:
+        sids, syms = self._names(ev_i)
+        out.rejections.extend(map(Rejection, sids, syms, ev_i[:, K.EI_TS].tolist(),
+                                  _REJECTIONS[ev_i[:, K.EI_REASON]].tolist(), ev_f[:, K.EF_X].tolist()))
+
+    def _decode_orders(self, ev_i, ev_f, out) -> None:
+        sids, syms = self._names(ev_i)
+        ts, legs = ev_i[:, K.EI_TS].tolist(), ev_i[:, K.EI_LEG].tolist()
+        out.orders.extend(
+            Order(f"{sid}.{sym}.{t}.{LEGS[leg]}", sid, sym, BUY if leg == K.LEG_ENTRY else SELL, qty, t,
+                  price, REASONS[reason])
+            for sid, sym, t, leg, qty, price, reason in zip(
+                sids, syms, ts, legs, ev_i[:, K.EI_QTY].tolist(), ev_f[:, K.EF_X].tolist(),
+                ev_i[:, K.EI_REASON].tolist()))
+
+    def _decode_fills(self, ev_i, ev_f, out) -> None:
+        sids, syms = self._names(ev_i)
+        out.fills.extend(
+            Fill(f"{sid}.{sym}.{decided}.{LEGS[leg]}", sid, sym, BUY if leg == K.LEG_ENTRY else SELL,
+                 qty, t, price, commission, REASONS[reason])
+            for sid, sym, decided, leg, qty, t, price, commission, reason in zip(
+                sids, syms, ev_i[:, K.EI_TS2].tolist(), ev_i[:, K.EI_LEG].tolist(),
+                ev_i[:, K.EI_QTY].tolist(), ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_X].tolist(),
+                ev_f[:, K.EF_Y].tolist(), ev_i[:, K.EI_REASON].tolist()))
+
+    def _decode_trades(self, ev_i, ev_f, out) -> None:
+        sids, syms = self._names(ev_i)
+        out.trades.extend(
+            Trade(f"{sid}.{sym}.{entry_t}", sym, sid, qty, entry_t, entry, exit_t, exit_, REASONS[reason],
+                  pnl, ret, commission)
+            for sid, sym, qty, entry_t, entry, exit_t, exit_, reason, pnl, ret, commission in zip(
+                sids, syms, ev_i[:, K.EI_QTY].tolist(), ev_i[:, K.EI_TS2].tolist(),
+                ev_f[:, K.EF_X].tolist(), ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_Y].tolist(),
+                ev_i[:, K.EI_REASON].tolist(), ev_f[:, K.EF_Z].tolist(), ev_f[:, K.EF_W].tolist(),
+                ev_f[:, K.EF_V].tolist()))
 
     # -- reading state ------------------------------------------------------
     def cash(self, c: int = 0) -> float:
@@ -360,6 +412,15 @@ def _join(logs) -> EventLog:
     if not logs:
         return EventLog(np.zeros((0, K.N_EI), dtype=np.int64), np.zeros((0, K.N_EF)))
     return EventLog(np.concatenate([g.ev_i for g in logs]), np.concatenate([g.ev_f for g in logs]))
+
+
+_REJECTIONS = np.array(REJECTIONS, dtype=object)
+# in decision order each kind keeps its own order: decoding kind by kind is exact
+_DECODERS = {
+    K.EV_ORDER: CompiledPortfolio._decode_orders, K.EV_FILL: CompiledPortfolio._decode_fills,
+    K.EV_TRADE: CompiledPortfolio._decode_trades, K.EV_REJECT: CompiledPortfolio._decode_rejections,
+    K.EV_EQUITY: CompiledPortfolio._decode_equity,
+}
 
 
 def new_outputs(n: int) -> list:
