@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--html", metavar="PATH", help="also write the run's tearsheet page (one HTML file)")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
+    # bars of a file held in memory; a larger file is put in event-time order on disk (tests)
+    bt.add_argument("--memory-bars", type=_positive_int, default=None, help=argparse.SUPPRESS)
     _recovery_args(bt)
 
     run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker, "
