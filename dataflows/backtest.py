@@ -62,7 +62,7 @@ def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | 
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, source_identity={"bars_file": file_id})
     try:
-        return execute(spec, source, source.partition_ids())
+        return execute(spec, source, source.partition_ids(), notice=notice)
     finally:
         if source.progress is not None:
             source.progress.close()
