@@ -131,3 +131,36 @@ def test_an_error_in_a_later_chunk_names_the_files_row(tmp_path):
     with pytest.raises(BarFileError, match="column open row 37: not a number"):
         BarFileSource.from_file(str(tmp_path / "b.csv"), memory_rows=5, chunk_rows=10,
                                 workdir=str(tmp_path))
+
+
+@pytest.mark.parametrize("unit,tz", [("ns", "UTC"), ("us", None), ("ms", "America/New_York"), ("s", None)])
+@pytest.mark.parametrize("optional", [False, True])
+def test_arrow_columns_equal_the_pandas_reading_of_the_same_batch(unit, tz, optional):
+    import pyarrow as pa
+
+    from connectors.files.barfile import arrow_to_columns, frame_to_columns
+    rng = np.random.default_rng(3)
+    n = 200
+    ts = (T0 + 60 * rng.integers(-10_000, 10_000, n)) * {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}[unit]
+    cols = {
+        "symbol": pa.array([None if i % 17 == 0 else SYMBOLS[i % 4] for i in range(n)]).dictionary_encode(),
+        "timestamp": pa.array(ts.astype(np.int64)).cast(pa.timestamp(unit, tz=tz)),
+        "open": pa.array(rng.uniform(1, 9, n)), "high": pa.array(rng.integers(5, 10, n)),
+        "low": pa.array([None if i % 13 == 0 else 1.0 for i in range(n)]), "close": pa.array(rng.uniform(1, 9, n)),
+        "volume": pa.array([None if i % 11 == 0 else i for i in range(n)], pa.int64()),
+    }
+    if optional:
+        cols["trade_count"] = pa.array([None if i % 7 == 0 else i for i in range(n)], pa.int64())
+        cols["vwap"] = pa.array(rng.uniform(1, 9, n))
+    batch = pa.RecordBatch.from_pydict(cols)
+    fast, slow = arrow_to_columns(batch, "f", 40), frame_to_columns(batch.to_pandas(), "f", 40)
+    for f in ("symbol", "ts", "open", "high", "low", "close", "volume", "trade_count", "vwap"):
+        a, b = getattr(fast, f), getattr(slow, f)
+        assert (a is None) == (b is None), f
+        if a is not None:
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f
+    nulls = batch.set_column(1, "timestamp", pa.array([None] + ts[1:].tolist(), pa.int64()).cast(
+        pa.timestamp(unit, tz=tz)))
+    with pytest.raises(BarFileError, match="column timestamp row 40: missing time"):
+        arrow_to_columns(nulls, "f", 40)
+    assert arrow_to_columns(batch.drop_columns(["close"]), "f") is None  # pandas names what is missing

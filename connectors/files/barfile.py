@@ -41,6 +41,7 @@ class BarColumns:
     trade_count: np.ndarray | None
     vwap: np.ndarray | None
     codes: np.ndarray | None = None  # symbol codes (sorted symbol order), set by plan_emission
+    names: list | None = None  # symbol of each code, set by plan_emission
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -78,8 +79,11 @@ def read_chunks(path: str, chunk_rows: int):
             frames = _parquet_frames(path, chunk_rows)
         else:
             frames = pd.read_csv(path, dtype={"symbol": str}, chunksize=chunk_rows)
-        for df in frames:
-            cols = frame_to_columns(df, path, first)
+        for frame in frames:
+            cols = None if isinstance(frame, pd.DataFrame) else arrow_to_columns(frame, path, first)
+            if cols is None:
+                cols = frame_to_columns(frame if isinstance(frame, pd.DataFrame) else frame.to_pandas(),
+                                        path, first)
             first += len(cols)
             yield cols
     except BarFileError:
@@ -104,7 +108,7 @@ def _parquet_frames(path: str, chunk_rows: int):
         else:
             batches = pf.read_row_group(group).to_batches(chunk_rows)
         for batch in batches:
-            yield batch.to_pandas()
+            yield batch
         del batches
         pa.default_memory_pool().release_unused()
 
@@ -153,6 +157,43 @@ def frame_to_columns(df: pd.DataFrame, path: str = "bars", first_row: int = 0) -
                       cols["volume"], cols["trade_count"], cols["vwap"])
 
 
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def arrow_to_columns(batch, path: str = "bars", first_row: int = 0) -> BarColumns | None:
+    """`frame_to_columns` of an Arrow record batch of the usual types (string
+    symbols, a timestamp column, integer or float prices), without pandas:
+    the same columns and errors. None for anything else (use pandas)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = batch.schema
+    if any(c not in schema.names for c in REQUIRED):
+        return None
+    symbol_type = schema.field("symbol").type
+    if pa.types.is_dictionary(symbol_type):
+        symbol_type = symbol_type.value_type
+    numeric = [c for c in ("open", "high", "low", "close", "volume") + OPTIONAL if c in schema.names]
+    if not (pa.types.is_timestamp(schema.field("timestamp").type)
+            and (pa.types.is_string(symbol_type) or pa.types.is_large_string(symbol_type))
+            and all(pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type)
+                    for c in numeric)):
+        return None
+    stamps = batch.column("timestamp")
+    if stamps.null_count:
+        row = int(np.flatnonzero(stamps.is_null().to_numpy(zero_copy_only=False))[0])
+        raise BarFileError(f"{path}: column timestamp row {first_row + row}: missing time")
+    # UTC ticks whatever the zone (a naive time means UTC); whole seconds, floored
+    ts = stamps.cast(pa.int64()).to_numpy() // _PER_SECOND[stamps.type.unit]
+    cols = {c: (batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                if c in numeric else None) for c in ("open", "high", "low", "close", "volume") + OPTIONAL}
+    symbols = pc.dictionary_encode(pc.fill_null(batch.column("symbol").cast(pa.string()), ""))
+    names = np.array(symbols.dictionary.to_pylist(), dtype=object)
+    symbol = names[symbols.indices.to_numpy(zero_copy_only=False)] if len(names) else np.array([], dtype=object)
+    return BarColumns(symbol, ts.astype(np.int64), cols["open"], cols["high"], cols["low"], cols["close"],
+                      cols["volume"], cols["trade_count"], cols["vwap"])
+
+
 def _epoch_seconds(col: pd.Series, path: str, first_row: int = 0) -> np.ndarray:
     try:
         if pd.api.types.is_datetime64_any_dtype(col):
@@ -186,10 +227,16 @@ def plan_emission(cols: BarColumns) -> tuple[np.ndarray, np.ndarray]:
     """
     n = len(cols)
     if n == 0:
+        cols.codes, cols.names = np.zeros(0, dtype=np.int64), []
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    codes, _ = pd.factorize(cols.symbol, sort=True)
-    cols.codes = codes
-    rev = pd.Series(cols.ts[::-1])
+    codes, names = pd.factorize(cols.symbol, sort=True)
+    cols.codes, cols.names = codes, list(names)
+    ts = cols.ts
+    if (ts[1:] >= ts[:-1]).all():  # a time-sorted file: each row is its symbol's earliest to come
+        if ((ts[1:] > ts[:-1]) | (codes[1:] >= codes[:-1])).all():
+            return np.arange(n), ts  # and already in (time, symbol) order
+        return np.lexsort((np.arange(n), codes, ts)), ts
+    rev = pd.Series(ts[::-1])
     sufmin = rev.groupby(codes[::-1]).cummin().to_numpy()[::-1]
     return np.lexsort((np.arange(n), codes, sufmin)), sufmin
 
@@ -288,10 +335,9 @@ class BarFileSource(FixedPartitionedSource):
             return
         self.rows = len(cols)
         order, self.sufmin = plan_emission(cols)
-        codes, uniques = pd.factorize(cols.symbol, sort=True)
-        self.names = list(uniques)
-        part_of_code = np.array([partition_of(s, self.partitions) for s in uniques], dtype=np.int64)
-        part = part_of_code[codes[order]] if len(order) else order
+        self.names = cols.names
+        part_of_code = np.array([partition_of(s, self.partitions) for s in self.names], dtype=np.int64)
+        part = part_of_code[cols.codes[order]] if len(order) else order
         self.rows_by_part = {p: order[part == p] for p in range(self.partitions)}
 
     @classmethod
