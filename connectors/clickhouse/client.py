@@ -256,7 +256,8 @@ class ClickHouseWriter:
         """The table's buffered rows as one column each (lock held)."""
         chunks = self._buffers.pop(table)
         self._rows.pop(table, None)
-        return {name: Parts(parts) for name, parts in chunks.items()}
+        order = _sorted_parts(table, chunks)
+        return {name: Parts([parts[i] for i in order] if order else parts) for name, parts in chunks.items()}
 
     def flush(self) -> None:
         with self._lock:
@@ -281,6 +282,20 @@ class ClickHouseWriter:
             raise
         with self._lock:
             self.written[table] = self.written.get(table, 0) + _rows(batch)
+
+
+def _sorted_parts(table: str, chunks: dict) -> list | None:
+    """An order of the buffered parts by the table's first sort-key column,
+    when each part holds one value of it (bars and signals come a symbol at
+    a time): ClickHouse sorts every inserted block by its key, and a block
+    already in order inserts ~30 % faster (bench/README.md). Parts of one
+    value keep their order (a symbol's blocks arrive in time order)."""
+    key = TABLES[table][1][0] if table in TABLES else None
+    parts = chunks.get(key)
+    if not parts or len(parts) < 2 or not all(
+            isinstance(p, list) and p and p.count(p[0]) == len(p) for p in parts):
+        return None
+    return sorted(range(len(parts)), key=lambda i: parts[i][0])
 
 
 def _rows(batch: dict) -> int:
