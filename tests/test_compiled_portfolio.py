@@ -18,12 +18,16 @@ its own signals.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import random
+import subprocess
+import sys
 from dataclasses import astuple
 from datetime import datetime, timezone
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -249,3 +253,31 @@ def test_configurations_evaluated_together_equal_each_run_alone(cfgs, seed, minu
 def test_trading_days_are_the_new_york_dates_of_the_bars():
     ts = np.array([T0 + 60 * m for m in range(0, 3000, 7)], dtype=np.int64)
     assert trading_days(ts).tolist() == [trading_day(int(t)) for t in ts]
+
+
+CHILD = """
+import random, sys
+sys.path.insert(0, "tests")
+from test_compiled_portfolio import POOL, canonical, make_script, run_compiled
+from operators.config import TradingConfig
+cfg = TradingConfig(strategies=POOL[:2])
+outs, _ = run_compiled([cfg], make_script(random.Random(5), 60), random.Random(6), snapshot=False)
+print(repr(canonical(outs[0])))
+"""
+
+
+@pytest.mark.slow
+def test_first_compiles_in_parallel_processes_all_succeed_and_decide_alike(tmp_path):
+    # A fresh checkout: no numba cache yet, and several processes start at once
+    # (tests, `make demo`, several cuts commands): each compiles and writes the cache.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    assert [rc for _, _, rc in results] == [0, 0], results[0][1][-2000:]
+    after = subprocess.run([sys.executable, "-c", CHILD], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=600)  # the cache they wrote loads
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert results[0][0] == results[1][0] == after.stdout
+    assert os.listdir(tmp_path / "cache")
