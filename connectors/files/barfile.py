@@ -14,7 +14,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.files.rows import RowBlock
@@ -40,8 +39,8 @@ class BarColumns:
     volume: np.ndarray
     trade_count: np.ndarray | None
     vwap: np.ndarray | None
-    codes: np.ndarray | None = None  # symbol codes (sorted symbol order), set by plan_emission
-    names: list | None = None  # symbol of each code, set by plan_emission
+    codes: np.ndarray | None = None  # symbol codes (sorted symbol order): by the reader or plan_emission
+    names: list | None = None  # symbol of each code
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -50,6 +49,8 @@ class BarColumns:
 def read_bar_file(path: str) -> BarColumns:
     if not os.path.exists(path):
         raise BarFileError(f"bar file not found: {path}")
+    import pandas as pd  # imported where used: a Parquet backtest starts without it
+
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".parquet":
@@ -76,14 +77,17 @@ def read_chunks(path: str, chunk_rows: int):
     first = 0
     try:
         if ext == ".parquet":
-            frames = _parquet_frames(path, chunk_rows)
-        else:
-            frames = pd.read_csv(path, dtype={"symbol": str}, chunksize=chunk_rows)
-        for frame in frames:
-            cols = None if isinstance(frame, pd.DataFrame) else arrow_to_columns(frame, path, first)
-            if cols is None:
-                cols = frame_to_columns(frame if isinstance(frame, pd.DataFrame) else frame.to_pandas(),
-                                        path, first)
+            for batch in _parquet_frames(path, chunk_rows):
+                cols = arrow_to_columns(batch, path, first)
+                if cols is None:  # not the usual types: as pandas reads them
+                    cols = frame_to_columns(batch.to_pandas(), path, first)
+                first += len(cols)
+                yield cols
+            return
+        import pandas as pd
+
+        for frame in pd.read_csv(path, dtype={"symbol": str}, chunksize=chunk_rows):
+            cols = frame_to_columns(frame, path, first)
             first += len(cols)
             yield cols
     except BarFileError:
@@ -128,13 +132,21 @@ def concat_columns(chunks: list) -> BarColumns:
             return None
         return np.concatenate(parts)
 
-    return BarColumns(*(cat(f) for f in ("symbol", "ts", "open", "high", "low", "close", "volume",
+    cols = BarColumns(*(cat(f) for f in ("symbol", "ts", "open", "high", "low", "close", "volume",
                                           "trade_count", "vwap")))
+    if all(c.codes is not None and c.names is not None for c in chunks):  # one set of codes
+        cols.names = sorted({s for c in chunks for s in c.names})
+        where = {s: i for i, s in enumerate(cols.names)}
+        cols.codes = np.concatenate([np.array([where[s] for s in c.names], dtype=np.int64)[c.codes]
+                                     for c in chunks])
+    return cols
 
 
 def frame_to_columns(df: pd.DataFrame, path: str = "bars", first_row: int = 0) -> BarColumns:
     """Columns of a frame of bars; errors name the row as `first_row` + its
     position (a chunk of a larger file)."""
+    import pandas as pd
+
     if isinstance(df.index, pd.MultiIndex) and "symbol" in df.index.names:
         df = df.reset_index()  # alpaca-py's BarSet.df shape
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -184,17 +196,51 @@ def arrow_to_columns(batch, path: str = "bars", first_row: int = 0) -> BarColumn
         row = int(np.flatnonzero(stamps.is_null().to_numpy(zero_copy_only=False))[0])
         raise BarFileError(f"{path}: column timestamp row {first_row + row}: missing time")
     # UTC ticks whatever the zone (a naive time means UTC); whole seconds, floored
-    ts = stamps.cast(pa.int64()).to_numpy() // _PER_SECOND[stamps.type.unit]
-    cols = {c: (batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                if c in numeric else None) for c in ("open", "high", "low", "close", "volume") + OPTIONAL}
-    symbols = pc.dictionary_encode(pc.fill_null(batch.column("symbol").cast(pa.string()), ""))
-    names = np.array(symbols.dictionary.to_pylist(), dtype=object)
-    symbol = names[symbols.indices.to_numpy(zero_copy_only=False)] if len(names) else np.array([], dtype=object)
+    ts = _numpy(stamps.cast(pa.int64()), np.int64) // _PER_SECOND[stamps.type.unit]
+    cols = {}
+    for c in ("open", "high", "low", "close", "volume") + OPTIONAL:
+        if c in numeric:  # a null is NaN (absent), as pandas reads it
+            values = batch.column(c).cast(pa.float64())
+            cols[c] = _numpy(values, np.float64)
+            if values.null_count:
+                cols[c] = np.where(_valid(values), cols[c], np.nan)
+        else:
+            cols[c] = None
+    symbols = pc.dictionary_encode(batch.column("symbol").cast(pa.string()))
+    indices = symbols.indices.cast(pa.int64())
+    seen = symbols.dictionary.to_pylist()  # in order of first appearance
+    present = _numpy(indices, np.int64)
+    if indices.null_count:  # a missing symbol reads as "" (refused later as invalid)
+        seen.append("")
+        present = np.where(_valid(indices), present, len(seen) - 1)
+    names = sorted(set(seen))
+    where = {s: i for i, s in enumerate(names)}
+    codes = np.array([where[s] for s in seen], dtype=np.int64)[present] if seen else present
+    symbol = np.array(names, dtype=object)[codes] if seen else np.array([], dtype=object)
     return BarColumns(symbol, ts.astype(np.int64), cols["open"], cols["high"], cols["low"], cols["close"],
-                      cols["volume"], cols["trade_count"], cols["vwap"])
+                      cols["volume"], cols["trade_count"], cols["vwap"], codes, names)
+
+
+def _numpy(array, dtype) -> np.ndarray:
+    """A null-free primitive Arrow array's values (a view of its buffer):
+    pyarrow's `to_numpy` goes through its pandas conversion and imports
+    pandas, which a Parquet backtest otherwise never needs."""
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array),
+                         offset=array.offset * np.dtype(dtype).itemsize)
+
+
+def _valid(array) -> np.ndarray:
+    """Which values of an Arrow array are not null (from its validity bitmap)."""
+    n = len(array)
+    if not array.null_count:
+        return np.ones(n, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+    return bits[array.offset:array.offset + n].astype(bool)
 
 
 def _epoch_seconds(col: pd.Series, path: str, first_row: int = 0) -> np.ndarray:
+    import pandas as pd
+
     try:
         if pd.api.types.is_datetime64_any_dtype(col):
             stamps = col if getattr(col.dt, "tz", None) is not None else col.dt.tz_localize("UTC")
@@ -229,13 +275,18 @@ def plan_emission(cols: BarColumns) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         cols.codes, cols.names = np.zeros(0, dtype=np.int64), []
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    codes, names = pd.factorize(cols.symbol, sort=True)
-    cols.codes, cols.names = codes, list(names)
-    ts = cols.ts
+    if cols.codes is None or cols.names is None:  # (the Arrow reader gives them)
+        import pandas as pd
+
+        codes, names = pd.factorize(cols.symbol, sort=True)
+        cols.codes, cols.names = codes, list(names)
+    codes, ts = cols.codes, cols.ts
     if (ts[1:] >= ts[:-1]).all():  # a time-sorted file: each row is its symbol's earliest to come
         if ((ts[1:] > ts[:-1]) | (codes[1:] >= codes[:-1])).all():
             return np.arange(n), ts  # and already in (time, symbol) order
         return np.lexsort((np.arange(n), codes, ts)), ts
+    import pandas as pd
+
     rev = pd.Series(ts[::-1])
     sufmin = rev.groupby(codes[::-1]).cummin().to_numpy()[::-1]
     return np.lexsort((np.arange(n), codes, sufmin)), sufmin

@@ -22,7 +22,6 @@ import os
 import tempfile
 
 import numpy as np
-import pandas as pd
 
 from connectors.files.rows import RowBlock
 
@@ -53,6 +52,8 @@ class SpilledFile:
     # -- pass 1 -------------------------------------------------------------
     def add(self, cols) -> None:
         """Write one chunk (BarColumns of the file's next rows)."""
+        import pandas as pd
+
         n = len(cols)
         local, uniques = pd.factorize(cols.symbol)
         codes = np.array([self.codes.setdefault(s, len(self.codes)) for s in uniques], dtype=np.int32)
@@ -74,6 +75,8 @@ class SpilledFile:
     # -- pass 2 -------------------------------------------------------------
     def sort(self, partitions: int, partition_of) -> None:
         """Sorted runs per partition; `partition_of(symbol)` -> partition."""
+        import pandas as pd
+
         self.names = sorted(self.codes, key=str)
         n_codes = len(self.codes)
         by_code = list(self.codes)
