@@ -193,6 +193,7 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
              stop: StopRequest) -> RunResult:
     client = open_client(spec.dsn)
     ensure_schema(client)
+    shared_writer(spec.dsn, spec.run_id, schema_ready=True)  # the sink's, without a second ensure_schema
     recovery = None
     if spec.recovery_dir:
         identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}

@@ -306,15 +306,18 @@ def _rows(batch: dict) -> int:
 _writers: dict[tuple[str, str], ClickHouseWriter] = {}
 
 
-def shared_writer(dsn: str, run_id: str, batch_rows: int = 100_000) -> ClickHouseWriter:
-    """The process's writer for (dsn, run_id); creates the schema once."""
+def shared_writer(dsn: str, run_id: str, batch_rows: int = 100_000,
+                  schema_ready: bool = False) -> ClickHouseWriter:
+    """The process's writer for (dsn, run_id); creates the schema once
+    (`schema_ready`: the caller just did)."""
     client = open_client(dsn)
     key = (normalise_dsn(dsn), run_id)
     with _registry_lock:
         writer = _writers.get(key)
     if writer is None:
-        with client_lock(client):
-            ensure_schema(client)
+        if not schema_ready:
+            with client_lock(client):
+                ensure_schema(client)
         with _registry_lock:
             writer = _writers.setdefault(key, ClickHouseWriter(client, run_id, batch_rows))
     return writer
