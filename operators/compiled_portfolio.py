@@ -59,14 +59,9 @@ import numpy as np
 from operators import portfolio_kernel as K
 from operators.calendar import trading_day
 from operators.config import TradingConfig
-from operators.types import (
-    BUY, SELL, ControlEvent, EquityPoint, Fill, Order, PortfolioOutput, Rejection, Trade,
-)
+from operators.portfolio_events import EventLog, decode, join_logs
+from operators.types import ControlEvent, PortfolioOutput
 
-LEGS = ("entry", "exit", "flatten", "stop", "target")
-REASONS = ("entry", "stop_loss", "trailing_stop", "take_profit", "time_stop", "signal", "kill_switch")
-REJECTIONS = ("halted", "daily_loss_streak", "daily_drawdown", "max_positions",
-              "max_positions_per_symbol", "size_zero")
 _EMPTY_MASK = np.zeros((0, 0), dtype=np.bool_)
 
 
@@ -130,18 +125,6 @@ def trading_days(ts: np.ndarray) -> np.ndarray:
     hours, inverse = np.unique(ts // 3600, return_inverse=True)
     days = np.fromiter((trading_day(int(h) * 3600) for h in hours), dtype=np.int64, count=len(hours))
     return days[inverse]
-
-
-@dataclass(slots=True)
-class EventLog:
-    """Decisions as rows: `ev_i[:, K.EI_*]`, `ev_f[:, K.EF_*]` (see
-    operators.portfolio_kernel), in each configuration's decision order."""
-
-    ev_i: np.ndarray
-    ev_f: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ev_i)
 
 
 class CompiledPortfolio:
@@ -273,7 +256,7 @@ class CompiledPortfolio:
                     continue
                 logs.append(self._take(ev_i, ev_f, ev_n, raw, outs))
         logs.append(self._take(ev_i, ev_f, ev_n, raw, outs))
-        return _join(logs) if raw else None
+        return join_logs(logs) if raw else None
 
     def close_minute(self, out=None, raw: bool = False):
         outs = None if raw else self.outputs(out)
@@ -316,65 +299,8 @@ class CompiledPortfolio:
     # -- decoding -----------------------------------------------------------
     def decode(self, log: EventLog, out) -> None:
         """Append the log's decisions, as domain objects, to each configuration's output."""
-        if not len(log):
-            return
-        outs = self.outputs(out)
-        ev_i, ev_f = log.ev_i, log.ev_f
-        kinds = ev_i[:, K.EI_KIND]
-        several = self.n_configs > 1
-        for c in (np.unique(ev_i[:, K.EI_CFG]).tolist() if several else (0,)):
-            mine = ev_i[:, K.EI_CFG] == c if several else None
-            for kind, decode_kind in _DECODERS.items():
-                rows = np.flatnonzero(kinds == kind if mine is None else (kinds == kind) & mine)
-                if len(rows):
-                    decode_kind(self, ev_i[rows], ev_f[rows], outs[c])
-
-    def _names(self, ev_i) -> tuple[list, list]:
-        """Strategy ids and symbols of the rows."""
-        strategies = np.array(self.strategies, dtype=object)[ev_i[:, K.EI_STRAT]].tolist()
-        symbols = np.array(self.symbols, dtype=object)[ev_i[:, K.EI_SYM]].tolist()
-        return strategies, symbols
-
-    def _decode_equity(self, ev_i, ev_f, out) -> None:
-        out.equity.extend(map(EquityPoint, ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_X].tolist(),
-                              ev_f[:, K.EF_Y].tolist(), ev_i[:, K.EI_QTY].tolist(),
-                              ev_f[:, K.EF_Z].tolist()))
-
-    def _decode_rejections(self, ev_i, ev_f, out) -> None:
-        sids, syms = self._names(ev_i)
-        out.rejections.extend(map(Rejection, sids, syms, ev_i[:, K.EI_TS].tolist(),
-                                  _REJECTIONS[ev_i[:, K.EI_REASON]].tolist(), ev_f[:, K.EF_X].tolist()))
-
-    def _decode_orders(self, ev_i, ev_f, out) -> None:
-        sids, syms = self._names(ev_i)
-        ts, legs = ev_i[:, K.EI_TS].tolist(), ev_i[:, K.EI_LEG].tolist()
-        out.orders.extend(
-            Order(f"{sid}.{sym}.{t}.{LEGS[leg]}", sid, sym, BUY if leg == K.LEG_ENTRY else SELL, qty, t,
-                  price, REASONS[reason])
-            for sid, sym, t, leg, qty, price, reason in zip(
-                sids, syms, ts, legs, ev_i[:, K.EI_QTY].tolist(), ev_f[:, K.EF_X].tolist(),
-                ev_i[:, K.EI_REASON].tolist()))
-
-    def _decode_fills(self, ev_i, ev_f, out) -> None:
-        sids, syms = self._names(ev_i)
-        out.fills.extend(
-            Fill(f"{sid}.{sym}.{decided}.{LEGS[leg]}", sid, sym, BUY if leg == K.LEG_ENTRY else SELL,
-                 qty, t, price, commission, REASONS[reason])
-            for sid, sym, decided, leg, qty, t, price, commission, reason in zip(
-                sids, syms, ev_i[:, K.EI_TS2].tolist(), ev_i[:, K.EI_LEG].tolist(),
-                ev_i[:, K.EI_QTY].tolist(), ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_X].tolist(),
-                ev_f[:, K.EF_Y].tolist(), ev_i[:, K.EI_REASON].tolist()))
-
-    def _decode_trades(self, ev_i, ev_f, out) -> None:
-        sids, syms = self._names(ev_i)
-        out.trades.extend(
-            Trade(f"{sid}.{sym}.{entry_t}", sym, sid, qty, entry_t, entry, exit_t, exit_, REASONS[reason],
-                  pnl, ret, commission)
-            for sid, sym, qty, entry_t, entry, exit_t, exit_, reason, pnl, ret, commission in zip(
-                sids, syms, ev_i[:, K.EI_QTY].tolist(), ev_i[:, K.EI_TS2].tolist(),
-                ev_f[:, K.EF_X].tolist(), ev_i[:, K.EI_TS].tolist(), ev_f[:, K.EF_Y].tolist(),
-                ev_i[:, K.EI_REASON].tolist(), ev_f[:, K.EF_Z].tolist(), ev_f[:, K.EF_W].tolist(),
-                ev_f[:, K.EF_V].tolist()))
+        if len(log):
+            decode(log, self.symbols, self.strategies, self.outputs(out))
 
     # -- reading state ------------------------------------------------------
     def cash(self, c: int = 0) -> float:
@@ -405,22 +331,6 @@ class CompiledPortfolio:
 
     def snapshot(self) -> "CompiledPortfolio":
         return copy.deepcopy(self)
-
-
-def _join(logs) -> EventLog:
-    logs = [g for g in logs if g is not None]
-    if not logs:
-        return EventLog(np.zeros((0, K.N_EI), dtype=np.int64), np.zeros((0, K.N_EF)))
-    return EventLog(np.concatenate([g.ev_i for g in logs]), np.concatenate([g.ev_f for g in logs]))
-
-
-_REJECTIONS = np.array(REJECTIONS, dtype=object)
-# in decision order each kind keeps its own order: decoding kind by kind is exact
-_DECODERS = {
-    K.EV_ORDER: CompiledPortfolio._decode_orders, K.EV_FILL: CompiledPortfolio._decode_fills,
-    K.EV_TRADE: CompiledPortfolio._decode_trades, K.EV_REJECT: CompiledPortfolio._decode_rejections,
-    K.EV_EQUITY: CompiledPortfolio._decode_equity,
-}
 
 
 def new_outputs(n: int) -> list:

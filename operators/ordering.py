@@ -255,7 +255,6 @@ class PortfolioStage:
             apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
         out.applied_bars += len(ts)
 
-
     def _apply_compiled(self, ready: list, symbols: list, ts: np.ndarray, ranks: np.ndarray,
                         order: np.ndarray, out: PortfolioOutput, controls: list) -> None:
         """The ready bars (sorted: `ts`, `ranks`) through the compiled book in

@@ -29,6 +29,11 @@ symbol code, k = slot):
 
 Events go to `ev_i[n, EI_*]` / `ev_f[n, EF_*]` in each configuration's
 decision order; `ev_n[0]` counts them.
+
+One file on purpose, longer than the project's modules usually are:
+numba's cache (`cache=True`) checks only the timestamp of the file of the
+function it caches, so a helper or a constant moved to another module could
+change while the cached code that inlined it stays in use.
 """
 from __future__ import annotations
 
