@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import signal
 import sys
 
@@ -132,6 +134,19 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
     return None
 
 
+def run() -> None:
+    """The `cuts` program: `main()`, then out without the interpreter's
+    teardown. Freeing every module and chDB's engine at exit took 0.3-0.5 s
+    of a 2 s backtest; the exit handlers (atexit: logging, temporary
+    directories) still run, every client is closed and the outputs are
+    flushed first. An exception leaves the usual way, with its traceback."""
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     raise_on_signals()  # SIGTERM as SIGINT: one line and 128 + signal, never a traceback
     try:
@@ -170,4 +185,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
