@@ -305,13 +305,14 @@ class SignalColumns:
         n = len(sigs)
         ts = np.fromiter(map(_ts, sigs), dtype=np.int64, count=n)
         order = np.argsort(ts, kind="stable")
-        strategy = np.fromiter(map(strategy_index.__getitem__, map(_strategy_id, sigs)),
+        # -1: a strategy no configuration of the book trades (dropped below)
+        strategy = np.fromiter((strategy_index.get(sid, -1) for sid in map(_strategy_id, sigs)),
                                dtype=np.int64, count=n)
         sell = np.fromiter((side == SELL for side in map(_side, sigs)), dtype=bool, count=n)
         price = np.fromiter(map(_price, sigs), dtype=np.float64, count=n)
         ts = ts[order]
         at = np.searchsorted(block.ts, ts)  # only the block's own bars (a late bar's signals go with it)
-        mine = at < len(block.ts)
+        mine = (at < len(block.ts)) & (strategy[order] >= 0)
         mine[mine] = block.ts[at[mine]] == ts[mine]
         order = order[mine]
         return cls(ts[mine], strategy[order], sell[order], price[order])

@@ -281,3 +281,68 @@ def test_first_compiles_in_parallel_processes_all_succeed_and_decide_alike(tmp_p
     assert after.returncode == 0, after.stderr[-2000:]
     assert results[0][0] == results[1][0] == after.stdout
     assert os.listdir(tmp_path / "cache")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfgs=st.lists(configs(), min_size=2, max_size=3), seed=st.integers(0, 2**32 - 1),
+       minutes=st.integers(5, 80))
+def test_a_stage_with_several_configurations_gives_each_its_own_outputs(cfgs, seed, minutes):
+    """PortfolioStage over a book of several configurations (how a sweep runs
+    them): `out.per_config[c]` is what a stage with configuration c alone
+    emits, through watermarks, kill-switch controls and the end of input."""
+    from operators.columnar import BarBlock
+    from operators.ordering import PortfolioStage, SymbolResult, Watermark
+    from operators.types import SymbolOutput
+
+    script = make_script(random.Random(seed), minutes)
+    items, seq, minute_bars = [], 0, []
+
+    def flush_minute():
+        nonlocal seq
+        for sym in sorted({b[1] for b in minute_bars}):
+            bars = [b for b in minute_bars if b[1] == sym]
+            ts = np.array([b[2] for b in bars], dtype=np.int64)
+            cols = [np.array([b[k] for b in bars]) for k in (3, 4, 5, 6)]
+            signals = {}
+            for b in bars:
+                for sid, side, _ in b[7]:
+                    signals.setdefault(b[2], []).append(Signal(sid, sym, side, b[2], b[6], 0.7, 0.02, 0.01, 2.0))
+            items.append(SymbolResult(0, seq, SymbolOutput(blocks=[BarBlock(sym, ts, *cols, cols[3])],
+                                                           signals=signals)))
+            seq += 1
+        minute_bars.clear()
+
+    for step in script:
+        if step[0] == "bar":
+            if minute_bars and minute_bars[-1][2] != step[2]:
+                flush_minute()
+                items.append(Watermark(0, seq, step[2]))
+                seq += 1
+            minute_bars.append(step)
+        elif step[0] == "control":
+            flush_minute()
+            c = step[1]
+            items.append(Control(0, seq, c.control_id, c.action, c.flatten, c.ts, c.who, c.why))
+            seq += 1
+    flush_minute()
+
+    def run(book):
+        stage = PortfolioStage.new(book, [0])
+        outs = [stage.on_items([it]) for it in items] + [stage.flush()]
+        return outs
+
+    together = run(CompiledPortfolio.new(cfgs))
+    for c, cfg in enumerate(cfgs):
+        own = set(cfg.strategy_ids())
+        alone = run(CompiledPortfolio.new([cfg]))
+        got = PortfolioOutput()
+        for o in together:
+            if o.per_config:
+                for f in FIELDS:
+                    getattr(got, f).extend(getattr(o.per_config[c], f))
+        want = PortfolioOutput()
+        for o in alone:
+            for f in FIELDS:
+                getattr(want, f).extend(getattr(o, f))
+        assert_same(got, want)
+        assert all(x.strategy_id in own for x in got.orders)
