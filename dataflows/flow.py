@@ -18,10 +18,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from operators.columnar import BarBlock, ColumnarSymbolState, snapshot_state, step_block
+from operators.compiled_portfolio import CompiledPortfolio
 from operators.config import TradingConfig
 from operators.live_portfolio import BrokerPortfolio
 from operators.ordering import Chunk, PortfolioStage, SymbolResult, block_from_bars
-from operators.portfolio import Portfolio
 from operators.signals import SignalRules
 from operators.types import SymbolOutput
 
@@ -66,7 +66,7 @@ class PortfolioLogic(StatefulBatchLogic):
         self.stop = stop
         if resume is None:
             portfolio = (BrokerPortfolio.new(config, sessions, blocked) if broker_fills
-                         else Portfolio.new(config))
+                         else CompiledPortfolio.new(config))
             resume = PortfolioStage.new(portfolio, partitions)
         elif broker_fills:  # a restart reconciled again: today's blocked symbols and sessions
             resume.portfolio.blocked = frozenset(blocked)

@@ -184,6 +184,20 @@ def breakdown(client, run, by: Literal["strategy", "exit_reason", "symbol", "day
     return rows
 
 
+def stored_bars(client, run, database: str = DATABASE) -> int:
+    """Bars stored for the run (a run id or one of its attempts), each once."""
+    run_id = _data_id(client, run, database)
+    return int(_one(client, f"SELECT count() AS n {_f(database, 'bars')}", run_id)["n"])
+
+
+def dead_letters_by_reason(client, run, database: str = DATABASE) -> dict[str, int]:
+    """The run's dead-lettered rows counted by reason."""
+    run_id = _data_id(client, run, database)
+    rows = _rows(client, f"SELECT reason, count() AS n {_f(database, 'dead_letters')} GROUP BY reason "
+                 f"ORDER BY reason", run_id)
+    return {r["reason"]: int(r["n"]) for r in rows}
+
+
 def counts(client, run, database: str = DATABASE) -> dict:
     """Rows per table of a run; rejections and dead letters also by reason."""
     run_id = _data_id(client, run, database)

@@ -68,7 +68,7 @@ class ClickHouseSink(DynamicSink):
     """Bytewax sink of SymbolOutput / PortfolioOutput items; every worker of a
     process buffers through one shared ClickHouseWriter."""
 
-    def __init__(self, dsn: str, run_id: str, batch_rows: int = 20_000,
+    def __init__(self, dsn: str, run_id: str, batch_rows: int = 100_000,
                  flush_each_batch: bool = False):
         self.dsn, self.run_id, self.batch_rows = dsn, run_id, batch_rows
         self.flush_each_batch = flush_each_batch  # recovery and live runs
