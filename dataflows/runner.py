@@ -10,6 +10,7 @@ import contextlib
 import gc
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -150,11 +151,36 @@ def _run_each_kernel_entry() -> None:
     book.close_minute(outs)
 
 
+def _kernel_entries() -> tuple:
+    from operators import portfolio_kernel as k
+
+    return k.apply_bars, k.apply_control, k.close_minute
+
+
+def _kernel_cached() -> bool:
+    """Whether numba's cache holds every entry point of the step (an index
+    file each): then it is loaded, not compiled. (Its loading can take a
+    second or more on a busy machine, so time alone cannot tell.)"""
+    try:
+        return all(os.path.exists(d._cache._cache_file._index_path) for d in _kernel_entries())
+    except AttributeError:  # numba's cache internals changed: assume a compile
+        return False
+
+
+def _compiled_now() -> bool:
+    """Whether loading the step compiled an entry point (no cache, or a stale one)."""
+    try:
+        return any(sum(d.stats.cache_misses.values()) for d in _kernel_entries())
+    except AttributeError:
+        return True
+
+
 def warm_portfolio_step(notice=None) -> None:
     """Load the compiled portfolio step before the flow starts; the first
-    run in a fresh checkout compiles it (seconds), and says so via `notice`."""
+    run in a fresh checkout compiles it (seconds), and says so via `notice`
+    (a load from numba's cache says nothing, however long it takes)."""
     timer = None
-    if notice is not None:
+    if notice is not None and not _kernel_cached():
         timer = threading.Timer(1.0, notice, ("compiling the portfolio step (once per checkout, "
                                               "cached in operators/__pycache__) ...",))
         timer.daemon = True
@@ -166,7 +192,7 @@ def warm_portfolio_step(notice=None) -> None:
         if timer is not None:
             timer.cancel()
     seconds = time.monotonic() - started
-    if notice is not None and seconds > 1.0:
+    if notice is not None and seconds > 1.0 and _compiled_now():
         notice(f"compiled the portfolio step in {seconds:.1f} s")
 
 

@@ -346,3 +346,31 @@ def test_a_stage_with_several_configurations_gives_each_its_own_outputs(cfgs, se
                 getattr(want, f).extend(getattr(o, f))
         assert_same(got, want)
         assert all(x.strategy_id in own for x in got.orders)
+
+
+WARM = """
+import sys, time
+import dataflows.runner as r
+said = []
+r._run_each_kernel_entry()  # the cache is there (or written now)
+load = r._run_each_kernel_entry
+r._run_each_kernel_entry = lambda: (time.sleep(1.5), load())  # a busy machine: loading takes seconds
+r.warm_portfolio_step(said.append)
+print(r._kernel_cached(), said)
+"""
+
+
+@pytest.mark.slow
+def test_a_portfolio_step_loaded_from_the_cache_says_nothing_however_long_it_takes(tmp_path):
+    """Only a compile is announced (`compiling the portfolio step ...`); a
+    slow load of the cached step is not a compile, and says nothing (the
+    command's stderr stays one line on a stop or an error)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", WARM], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True []"
+    empty = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "none"))  # a fresh checkout's cache
+    check = "import dataflows.runner as r; print(r._kernel_cached())"
+    fresh = subprocess.run([sys.executable, "-c", check], cwd=root, env=empty, capture_output=True, text=True,
+                           timeout=600)
+    assert fresh.stdout.strip() == "False", fresh.stderr[-2000:]
