@@ -189,3 +189,67 @@ def test_places_in_the_file_count_as_a_person_does(tmp_path):
     bad.to_parquet(tmp_path / "q.parquet")
     with pytest.raises(BarFileError, match="q.parquet row 3: column open: not a number: 'oops'"):
         read_bar_file(str(tmp_path / "q.parquet"))
+
+
+def _backtest_reader(path: str, **small):
+    """What `cuts backtest` reads a file with: in chunks, in memory or spilled."""
+    return BarFileSource.from_file(path, **small)
+
+
+SMALL = [dict(), dict(chunk_rows=2), dict(chunk_rows=2, memory_rows=1)]  # whole, chunks, spilled
+
+
+@pytest.mark.parametrize("small", SMALL)
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_the_backtests_chunked_reader_accepts_column_names_in_any_case(tmp_path, ext, small):
+    df = frame().rename(columns=str.title)  # Symbol,Timestamp,Open,...
+    df["Timestamp"] = pd.to_datetime(df["Timestamp"], utc=True)
+    path = str(tmp_path / f"t{ext}")
+    df.to_csv(path, index=False) if ext == ".csv" else df.to_parquet(path)
+    source = _backtest_reader(path, workdir=str(tmp_path), **small)
+    assert source.rows == 3
+
+
+@pytest.mark.parametrize("small", SMALL)
+def test_the_backtests_chunked_reader_refuses_files_without_bars(tmp_path, small):
+    with pytest.raises(BarFileError, match="no bars \\(only a header\\)"):
+        _backtest_reader(_csv(tmp_path, HEADER), **small)
+    frame().iloc[:0].to_parquet(tmp_path / "none.parquet")
+    with pytest.raises(BarFileError, match="none.parquet: no bars"):
+        _backtest_reader(str(tmp_path / "none.parquet"), **small)
+    with pytest.raises(BarFileError, match="is a directory"):
+        _backtest_reader(str(tmp_path), **small)
+
+
+@pytest.mark.parametrize("small", SMALL)
+def test_the_backtests_chunked_reader_names_the_place_a_person_finds(tmp_path, small):
+    """Errors in a later chunk count from the file's start: an editor's line
+    for a CSV, rows from 1 for Parquet (not the chunk's own row, not from 0)."""
+    with pytest.raises(BarFileError, match="bars.csv line 5: timestamp 'soon' is not a time"):
+        _backtest_reader(_csv(tmp_path, HEADER + ROW * 3 + "AAA,soon,10,11,9.5,10.5,100\n"),
+                         workdir=str(tmp_path), **small)
+    bad = pd.concat([frame(), frame()], ignore_index=True)
+    bad["open"] = ["10", "11", "12", "13", "oops", "14"]
+    bad.to_parquet(tmp_path / "q.parquet")
+    with pytest.raises(BarFileError, match="q.parquet row 5: column open: not a number: 'oops'"):
+        _backtest_reader(str(tmp_path / "q.parquet"), workdir=str(tmp_path), **small)
+
+
+def test_dead_letter_places_are_the_same_in_memory_and_spilled(tmp_path):
+    """An invalid bar's origin is its line in the file, whether the file was
+    held in memory or put in order on disk."""
+    text = HEADER + ROW + "AAA,2024-01-02T14:31:00Z,10,9,9.5,10.5,100\n" + ROW.replace("AAA", "BBB")
+    path = _csv(tmp_path, text)
+
+    def places(source):
+        part, out = source.build_part("s", "0", None), []
+        try:
+            while True:
+                out += [(c.symbol, c.origin_prefix, np.asarray(c.origins).tolist())
+                        for c in part.next_batch() if isinstance(c, Chunk)]
+        except StopIteration:
+            return sorted(out)
+
+    in_memory = places(_backtest_reader(path))
+    assert in_memory == [("AAA", "bars.csv line ", [2, 3]), ("BBB", "bars.csv line ", [4])]
+    assert places(_backtest_reader(path, memory_rows=1, chunk_rows=1, workdir=str(tmp_path))) == in_memory

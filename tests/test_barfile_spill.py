@@ -70,7 +70,7 @@ def as_tuples(items) -> list:
     for it in items:
         if isinstance(it, Chunk):
             b = it.bars
-            out.append(("chunk", it.partition, it.seq, it.symbol, np.asarray(it.origins).tolist(),
+            out.append(("chunk", it.partition, it.seq, it.symbol, it.origin_prefix, np.asarray(it.origins).tolist(),
                         b.ts.tolist(), b.open.tolist(), b.high.tolist(), b.low.tolist(),
                         b.close.tolist(), b.volume.tolist(),
                         None if b.trade_count is None else np.nan_to_num(b.trade_count, nan=-1).tolist(),
