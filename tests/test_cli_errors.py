@@ -194,3 +194,39 @@ def test_a_bug_shows_its_own_traceback_and_one_line_not_the_wrapping(capsys):
     err = capsys.readouterr().err
     assert "in inner" in err and "error calling next_batch" not in err
     assert err.rstrip().splitlines()[-1].startswith("cuts: internal error: KeyError: 'missing' (a bug in cuts")
+
+
+@pytest.mark.parametrize("code,handler_fails,reader_gone,want", [
+    (0, False, False, 0), (2, False, False, 2), (130, True, False, 130), (0, True, False, 0),
+    (0, False, True, 141), (2, False, True, 2)])
+def test_the_program_leaves_with_mains_exit_code_after_flushing_its_outputs(code, handler_fails, reader_gone,
+                                                                            want):
+    """`cuts` ends with os._exit (dataflows.cli.main.run): what main() printed
+    still arrives, its exit code is the process's, a failing exit handler
+    changes neither, and a reader gone before the last flush ends it as
+    SIGPIPE would (a failure's own code is kept)."""
+    size = 100 if reader_gone else 70000  # (a small one stays in the buffer until the last flush)
+    script = (
+        "import atexit, sys\n"
+        "import dataflows.cli.main as m\n"
+        f"def fake(argv=None):\n"
+        f"    print('x' * {size})\n"
+        f"    print('cuts: error: one line', file=sys.stderr)\n"
+        f"    return {code}\n"
+        "m.main = fake\n"
+        f"if {handler_fails}:\n"
+        "    atexit.register(lambda: 1 / 0)\n"
+        "m.run()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
+    if reader_gone:
+        read, write = os.pipe()
+        os.close(read)
+        proc = subprocess.run([sys.executable, "-c", script], stdout=write, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, timeout=60, env=env)
+        os.close(write)
+    else:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60, env=env)
+        assert proc.stdout == "x" * 70000 + "\n"
+    assert proc.returncode == want, proc.stderr
+    assert "cuts: error: one line" in proc.stderr
