@@ -1,5 +1,5 @@
-"""An independent, plain batch implementation of
-/work/shared/spec/trading-semantics.md, written from the spec text.
+"""An independent, plain batch implementation of the trading rules
+(docs/trading-rules.md), written from the rules' text.
 
 It deliberately shares no code with operators.bars / sma / signals /
 portfolio / ordering: only the event dataclasses (operators.types) and the

@@ -18,10 +18,30 @@ def read(path: str) -> str:
         return fh.read()
 
 
+OUTSIDE = ("../" + "shared", "shared/" + "spec", "/work/" + "shared")  # (split: this file names them)
+SKIP_DIRS = {".git", ".venv", "data", "__pycache__", "node_modules", ".pytest_cache", ".hypothesis"}
+
+
 def test_no_doc_points_outside_the_repository():
     for path in DOCS:
         text = read(path)
-        assert "../shared" not in text and "shared/spec" not in text, path
+        assert not any(o in text for o in OUTSIDE), path
+
+
+def test_no_file_of_the_repository_points_outside_it():
+    """A user's clone has only the repository: no file (code, tests,
+    config, docs) refers to the trading rules' source outside it."""
+    found = []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                text = read(path)
+            except (UnicodeDecodeError, OSError):  # binary files
+                continue
+            found += [f"{os.path.relpath(path, ROOT)}: {o}" for o in OUTSIDE if o in text]
+    assert found == []
 
 
 def test_every_relative_link_in_the_docs_resolves():
