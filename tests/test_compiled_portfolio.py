@@ -346,3 +346,24 @@ def test_a_stage_with_several_configurations_gives_each_its_own_outputs(cfgs, se
                 getattr(want, f).extend(getattr(o, f))
         assert_same(got, want)
         assert all(x.strategy_id in own for x in got.orders)
+
+
+NOTICE_CHILD = """
+from dataflows.runner import warm_portfolio_step
+warm_portfolio_step(lambda line: print(line))
+"""
+
+
+@pytest.mark.slow
+def test_the_compile_notice_shows_only_when_the_step_is_really_compiled(tmp_path):
+    # Loading a warm cache can take over a second on a busy machine; that is not
+    # compiling, and a command's output must not say it is.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cold = subprocess.run([sys.executable, "-c", NOTICE_CHILD], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert cold.returncode == 0, cold.stderr[-2000:]
+    assert "compiled the portfolio step in" in cold.stdout
+    warm = subprocess.run([sys.executable, "-c", NOTICE_CHILD], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert warm.returncode == 0 and warm.stdout == "", warm.stdout + warm.stderr[-2000:]
