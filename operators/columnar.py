@@ -16,7 +16,7 @@ import numpy as np
 
 from operators.bars import RECENT_MINUTES, SYMBOL_RE
 from operators.config import CONSENSUS
-from operators.signals import SignalRules
+from operators.signals import SignalRules, filter_reason
 from operators.types import BUY, SELL, DeadLetter, Signal
 
 # Above this, products of window sums could overflow int64: use Python ints.
@@ -84,6 +84,16 @@ def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, 
                origin_prefix: str, out) -> BarBlock:
     """Admit a chunk, update the SMA windows, append signals and dead letters to
     `out` (a SymbolOutput); return the accepted bars."""
+    acc = admit_block(state, block, origins, origin_prefix, out)
+    if len(acc):
+        block_signals(state, rules, acc, out)
+    return acc
+
+
+def admit_block(state: ColumnarSymbolState, block: BarBlock, origins, origin_prefix: str,
+                out) -> BarBlock:
+    """Spec section 1 for a chunk: the accepted bars; invalid, duplicate and
+    late ones go to `out.dead_letters`."""
     n = len(block)
     if n == 0:
         return block
@@ -102,7 +112,6 @@ def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, 
     if len(acc):
         state.last_ts = int(acc.ts[-1])
         state.recent.extend(acc.ts[-RECENT_MINUTES:].tolist())
-        _signals(state, rules, acc, out)
     return acc
 
 
@@ -126,7 +135,9 @@ def _dead_letters(state, block, reasons, valid, accepted, running, origins, pref
                                            block.payload(i)))
 
 
-def _signals(state: ColumnarSymbolState, rules: SignalRules, acc: BarBlock, out) -> None:
+def block_signals(state: ColumnarSymbolState, rules: SignalRules, acc: BarBlock, out) -> None:
+    """Spec section 2 for accepted bars: SMA windows (`state`'s) and signals
+    into `out.signals` (passed) and `out.filtered`."""
     m = len(acc)
     micros = np.rint(acc.close * 1_000_000).astype(np.int64)
     periods = rules.periods
@@ -231,11 +242,8 @@ def _emit(rules, acc, j, strategy_id, side, confidence, signals, filtered) -> No
     ts = int(acc.ts[j])
     sig = Signal(strategy_id, acc.symbol, side, ts, float(acc.close[j]), confidence,
                  rules.take_profit_pct, rules.stop_loss_pct, rules.risk_reward)
-    if side == BUY:
-        if confidence < rules.min_confidence:
-            sig.filtered_reason = "low_confidence"
-        elif rules.risk_reward < rules.min_risk_reward:
-            sig.filtered_reason = "low_risk_reward"
+    sig.filtered_reason = filter_reason(side, confidence, rules.risk_reward, rules.min_confidence,
+                                        rules.min_risk_reward)
     if sig.filtered_reason is None:
         signals.setdefault(ts, []).append(sig)
     else:

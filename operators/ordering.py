@@ -11,6 +11,7 @@ timing, so worker count and interleaving cannot change the result.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,7 +98,7 @@ class PartitionCursor:
 
 @dataclass(slots=True)
 class PortfolioStage:
-    portfolio: Portfolio
+    portfolio: Portfolio  # or a book of configurations (operators.config_book)
     cursors: dict  # partition -> PartitionCursor; every source partition is known
     buffer: list = field(default_factory=list)  # (BarBlock, signals by ts) not yet applied
     applied_until: int = -1  # bars with ts < this were applied
@@ -216,6 +217,56 @@ class PortfolioStage:
     def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = (),
                         updates: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
+        batch = OrderedBars.of(ready)
+        book = self.portfolio
+        if hasattr(book, "apply_bars"):  # a book of configurations (operators.config_book)
+            self._apply_book(batch, out, controls)
+            out.applied_bars += len(batch.ts)
+            return
+        symbols, sig_by_symbol = batch.symbols, batch.signals
+        apply = book.apply
+        no_signals: dict = {}
+        for r, t, o, h, lo, c in zip(batch.rank, batch.ts, batch.open, batch.high, batch.low, batch.close):
+            symbol = symbols[r]
+            if controls and controls[0].ts <= t:
+                self._apply_controls(controls, t, out)
+            if updates and (updates[0][0], updates[0][1]) <= (t, symbol):
+                self._apply_updates(updates, (t, symbol), out)
+            apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
+        out.applied_bars += len(batch.ts)
+
+    def _apply_book(self, batch: "OrderedBars", out: PortfolioOutput, controls: list) -> None:
+        """The bars in runs between the controls: a control effective at ts
+        applies before the first bar at or after ts (as in the loop above)."""
+        lo, n = 0, len(batch.ts)
+        while controls and lo < n:
+            hi = bisect.bisect_left(batch.ts, controls[0].ts, lo)
+            if hi >= n:
+                break
+            if hi > lo:
+                self.portfolio.apply_bars(batch, lo, hi, out)
+            self._apply_controls(controls, batch.ts[hi], out)
+            lo = hi
+        if lo < n:
+            self.portfolio.apply_bars(batch, lo, n, out)
+
+
+@dataclass(slots=True)
+class OrderedBars:
+    """Ready bars of several symbols in (timestamp, symbol) order, as lists."""
+
+    symbols: list  # the distinct symbols, sorted; `rank` indexes them
+    rank: list
+    ts: list
+    open: list
+    high: list
+    low: list
+    close: list
+    signals: dict  # symbol -> {ts: [Signal]}
+
+    @classmethod
+    def of(cls, ready: list) -> "OrderedBars":
+        """From (BarBlock, signals by ts) pairs."""
         symbols = sorted({b.symbol for b, _ in ready})
         rank = {s: i for i, s in enumerate(symbols)}
         ts = np.concatenate([b.ts for b, _ in ready])
@@ -223,20 +274,11 @@ class PortfolioStage:
         order = np.lexsort((ranks, ts))
         cols = [np.concatenate([getattr(b, f) for b, _ in ready])[order].tolist()
                 for f in ("open", "high", "low", "close")]
-        sig_by_symbol = {}
+        sig_by_symbol: dict = {}
         for b, signals in ready:
             if signals:
                 sig_by_symbol.setdefault(b.symbol, {}).update(signals)
-        apply = self.portfolio.apply
-        no_signals: dict = {}
-        for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
-            symbol = symbols[r]
-            if controls and controls[0].ts <= t:
-                self._apply_controls(controls, t, out)
-            if updates and (updates[0][0], updates[0][1]) <= (t, symbol):
-                self._apply_updates(updates, (t, symbol), out)
-            apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
-        out.applied_bars += len(ts)
+        return cls(symbols, ranks[order].tolist(), ts[order].tolist(), *cols, sig_by_symbol)
 
 
 def block_from_bars(bars: list) -> BarBlock:

@@ -65,6 +65,19 @@ class SignalRules:
         )
 
 
+def filter_reason(side: str, confidence: float, risk_reward: float, min_confidence: float,
+                  min_risk_reward: float) -> str | None:
+    """Why a signal is dropped before the portfolio (spec section 2), or None:
+    a BUY below min_confidence or min_risk_reward."""
+    if side != BUY:
+        return None
+    if confidence < min_confidence:
+        return "low_confidence"
+    if risk_reward < min_risk_reward:
+        return "low_risk_reward"
+    return None
+
+
 def _gcd(a: int, b: int) -> int:
     while b:
         a, b = b, a % b
@@ -158,11 +171,8 @@ class SignalEngine:
             strategy_id, bar.symbol, side, bar.ts, bar.close, confidence,
             r.take_profit_pct, r.stop_loss_pct, r.risk_reward,
         )
-        if side == BUY:
-            if confidence < r.min_confidence:
-                sig.filtered_reason = "low_confidence"
-            elif r.risk_reward < r.min_risk_reward:
-                sig.filtered_reason = "low_risk_reward"
+        sig.filtered_reason = filter_reason(side, confidence, r.risk_reward, r.min_confidence,
+                                            r.min_risk_reward)
         return sig
 
 
