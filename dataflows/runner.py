@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable
 
 from bytewax.testing import cluster_main, run_main
 
@@ -22,7 +23,7 @@ from connectors.clickhouse.client import ensure_schema, open_client, shared_writ
 from connectors.clickhouse.runs import clear_run, record_run_end, record_run_start
 from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
-from dataflows.flow import FlowSettings, build_flow
+from dataflows.flow import FlowSettings, SweepSettings, build_flow
 from operators.config import TradingConfig
 
 
@@ -38,6 +39,15 @@ class RunSpec:
     addresses: list = field(default_factory=list)  # multi-process: every process's host:port
     process_id: int = 0
     source_identity: dict = field(default_factory=dict)  # what a recovery dir is bound to
+    sweep: SweepSettings | None = None  # several configurations (cuts sweep)
+    # the owner's bookkeeping once the run's rows are cleared, before the flow: (client, resuming)
+    on_start: Callable | None = None
+
+    @property
+    def owner(self) -> bool:
+        """This process holds the database: every ClickHouse write and the run
+        bookkeeping happen here (the other processes never open it)."""
+        return self.process_id == 0
 
 
 @dataclass
@@ -55,15 +65,16 @@ def config_hash(config: TradingConfig) -> str:
 class BarsWrittenProgress:
     """For sources without a known total: bars stored so far, every second."""
 
-    def __init__(self, writer, stream=sys.stderr):
+    def __init__(self, writer, stream=sys.stderr, count=None):
         self.writer, self.stream = writer, stream
+        self.count = count or (lambda w: w.written.get("bars", 0))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def _run(self) -> None:
         started = time.monotonic()
         while not self.stop.wait(1.0):
-            n = self.writer.written.get("bars", 0)
+            n = self.count(self.writer)
             rate = n / max(time.monotonic() - started, 1e-9)
             end = "" if self.stream.isatty() else "\n"  # one line a second in logs
             print(f"\rbars stored {n:,} ({rate:,.0f} bars/s)", end=end, file=self.stream, flush=True)
@@ -105,22 +116,29 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
 
 
 def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None) -> RunResult:
-    client = open_client(spec.dsn)
-    ensure_schema(client)
+    owner = spec.owner
+    client = None
+    if owner:
+        client = open_client(spec.dsn)
+        ensure_schema(client)
     recovery = None
     if spec.recovery_dir:
         identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
         total_workers = spec.workers * max(1, len(spec.addresses))
         recovery = rec.prepare(spec.recovery_dir, identity, total_workers)
     resuming = recovery is not None and recovery.resuming
-    if not resuming and spec.process_id == 0 and spec.mode != "live":
-        clear_run(client, spec.run_id)  # a fresh run replaces an older one of the same id
-    record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
+    if owner:
+        if not resuming and spec.mode != "live":
+            clear_run(client, spec.run_id)  # a fresh run replaces an older one of the same id
+        record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
+        if spec.on_start is not None:
+            spec.on_start(client, resuming)
     durable = recovery is not None or spec.mode == "live"
-    sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable)
+    sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable, owner=owner)
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
                             sessions=trading.sessions if trading is not None else None,
-                            blocked=trading.blocked if trading is not None else frozenset())
+                            blocked=trading.blocked if trading is not None else frozenset(),
+                            sweep=spec.sweep)
     if trading is None:
         flow = build_flow(settings, source, sink, partitions)
     else:
@@ -138,19 +156,26 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
-            if show_progress:
-                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id)))
+            if show_progress and owner:
+                count = (lambda w: w.shard_bars.get(0, 0)) if spec.sweep else None
+                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id), count=count))
             if spec.workers <= 1 and not spec.addresses:
                 run_main(flow, **kwargs)
             else:
                 cluster_main(flow, spec.addresses, spec.process_id,
                              worker_count_per_proc=spec.workers, **kwargs)
     except BaseException:
-        record_run_end(client, spec.run_id, 0, "failed")
+        if owner:
+            record_run_end(client, spec.run_id, 0, "failed")
         raise
     finally:
         gc.unfreeze()  # a process that goes on (tests, the CLI's report) collects as usual
     seconds = time.monotonic() - started
-    bars = int(analytics.counts(client, spec.run_id)["bars"])
+    if not owner:  # process 0 holds the rows and counts them
+        return RunResult(spec.run_id, 0, seconds, resuming)
+    if spec.sweep is not None:
+        bars = shared_writer(spec.dsn, spec.run_id).shard_bars.get(0, 0)
+    else:
+        bars = int(analytics.counts(client, spec.run_id)["bars"])
     record_run_end(client, spec.run_id, bars, "finished")
     return RunResult(spec.run_id, bars, seconds, resuming)

@@ -39,6 +39,7 @@ from connectors.clickhouse.schema import (
     ddl,
     to_columns,
 )
+from connectors.clickhouse.sweep_schema import SWEEP_TABLES, sweep_column_types, sweep_ddl
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def ensure_schema(client, database: str = DATABASE) -> None:
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     for table in ("runs", *TABLES):
         client.command(ddl(table, database))
+    for table in SWEEP_TABLES:
+        client.command(sweep_ddl(table, database))
     rows = client.query("SELECT table, name FROM system.columns WHERE database = {d:String}",
                         parameters={"d": database}).result_rows
     have: dict[str, set] = {}
@@ -151,7 +154,12 @@ def insert_columns(client, table: str, cols: dict[str, list], database: str = DA
     """One columnar insert; server-side connection failures become
     ClickHouseUnavailable."""
     names = list(cols)
-    types = column_types(table) if table in TABLES else [dict(RUNS_COLUMNS)[n] for n in names]
+    if table in TABLES:
+        types = column_types(table)
+    elif table in SWEEP_TABLES:
+        types = sweep_column_types(table, names)
+    else:
+        types = [dict(RUNS_COLUMNS)[n] for n in names]
     try:
         with client_lock(client):
             client.insert(table, data=[cols[n] for n in names], column_names=names,
@@ -167,6 +175,7 @@ class ClickHouseWriter:
     def __init__(self, client, run_id: str, batch_rows: int = 20_000, database: str = DATABASE):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
+        self.shard_bars: dict[int, int] = {}  # a sweep: bars each portfolio shard applied so far
         self.failed = False  # an insert failed: close_clients() leaves the rest alone
         self._buffers: dict[str, dict[str, list]] = {}
         self._lock = threading.Lock()
@@ -178,7 +187,7 @@ class ClickHouseWriter:
 
     def add_columns(self, table: str, cols: dict[str, list]) -> None:
         """Buffer ready-made columns (as `to_columns` / `bar_block_columns` make)."""
-        if not cols["run_id"]:
+        if not _rows(cols):
             return
         with self._lock:
             buf = self._buffers.get(table)
@@ -187,7 +196,7 @@ class ClickHouseWriter:
             else:
                 for name, values in cols.items():
                     buf[name].extend(values)
-            full = len(self._buffers[table]["run_id"]) >= self.batch_rows
+            full = _rows(self._buffers[table]) >= self.batch_rows
             batch = self._buffers.pop(table) if full else None
         if batch is not None:
             self._write(table, batch)
@@ -200,7 +209,7 @@ class ClickHouseWriter:
 
     def pending(self) -> int:
         with self._lock:
-            return sum(len(b["run_id"]) for b in self._buffers.values())
+            return sum(_rows(b) for b in self._buffers.values())
 
     def _write(self, table: str, batch: dict[str, list]) -> None:
         try:
@@ -213,7 +222,11 @@ class ClickHouseWriter:
                 self.failed = True
             raise
         with self._lock:
-            self.written[table] = self.written.get(table, 0) + len(batch["run_id"])
+            self.written[table] = self.written.get(table, 0) + _rows(batch)
+
+
+def _rows(cols: dict[str, list]) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
 
 
 # ------------------------------------------------- the process's shared writers
