@@ -187,6 +187,11 @@ def cmd_control(args) -> int:
 
 def cmd_report(args) -> int:
     client = open_client(clickhouse_dsn(args.clickhouse))
+    if args.sweep is not None:
+        from dataflows.cli.sweep_command import cmd_report_sweep
+
+        print(cmd_report_sweep(client, args.sweep))
+        return 0
     if args.against is not None or args.csv is not None:
         return _report_against(client, args)
     run_id = args.run_id or analytics.latest_run_id(client)

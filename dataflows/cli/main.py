@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dataflows.cli import live_commands, reconcile_command
+from dataflows.cli import live_commands, reconcile_command, sweep_command
 from dataflows.cli.args import EXIT_USAGE
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare the run (a live or paper one; default: the latest other run) with "
                          "this backtest of the same bars: slippage, missed and extra trades")
     rp.add_argument("--csv", metavar="PATH", help="with --against: also write the per-trade comparison here")
+    rp.add_argument("--sweep", metavar="SWEEP_ID", help="the report of a sweep (`latest`: the most recent)")
 
     gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
     gen.add_argument("--symbols", type=_positive_int, required=True)
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_commands.register(sub)
     reconcile_command.register(sub)
+    sweep_command.register(sub)
 
     demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
@@ -122,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         commands,  # heavy imports only after the arguments are valid
     )
 
-    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS)
-    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS}
+    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS
+                   + sweep_command.USER_ERRORS)
+    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS,
+                **sweep_command.COMMANDS}
     try:
         return commands.dispatch(handlers[args.command], args)
     except user_errors as exc:
