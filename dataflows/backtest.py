@@ -42,14 +42,17 @@ class Progress:
 
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,
                  workers: int = 1, show_progress: bool = True,
-                 recovery_dir: str | None = None, snapshot_s: int = 10) -> RunResult:
+                 recovery_dir: str | None = None, snapshot_s: int = 10,
+                 addresses=None, process_id: int = 0) -> RunResult:
     cols = read_bar_file(bars_path)
     file_id = default_run_id(bars_path, config)
     run_id = run_id or file_id
     progress = Progress(len(cols)) if show_progress else None
-    source = BarFileSource(cols, partitions=workers, progress=progress)
+    addresses = list(addresses or [])
+    source = BarFileSource(cols, partitions=workers * max(1, len(addresses)), progress=progress)
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
-                   snapshot_s=snapshot_s, source_identity={"bars_file": file_id})
+                   snapshot_s=snapshot_s, source_identity={"bars_file": file_id},
+                   addresses=addresses, process_id=process_id)
     return execute(spec, source, source.partition_ids())
 
 

@@ -11,7 +11,7 @@ import json
 import time
 from datetime import date
 
-from connectors.clickhouse.analytics import NY, trade_stats_sql
+from connectors.clickhouse.analytics import NY
 from connectors.clickhouse.client import client_lock, insert_columns
 from connectors.clickhouse.schema import DATABASE
 from connectors.clickhouse.sweep_schema import METRIC_COLUMNS, SWEEP_TABLES
@@ -64,41 +64,67 @@ def record_configs(client, sweep_id: str, rows: list, database: str = DATABASE) 
         "initial_cash": [float(r[2].risk.initial_cash) for r in rows]}, database)
 
 
+# Float sums run over arrays sorted by a row's identity (arraySort, then
+# arraySum left to right): the same value whatever the parts, merges and
+# threads a table's rows went through (a resumed sweep writes other parts
+# than an uninterrupted one). The definitions are analytics.performance's;
+# Sharpe's deviation is the two-pass sample formula, as operators.walk_forward.
+_TRADES_SQL = """
+    SELECT config_id,
+        arraySort(groupArray((exit_time, entry_time, symbol, strategy_id, trade_id, pnl, return_pct))) AS tt,
+        arrayMap(x -> x.6, tt) AS pnls, arrayMap(x -> x.7, tt) AS rets,
+        length(tt) AS trades, arrayCount(p -> p > 0, pnls) AS wins, trades - wins AS losses,
+        if(trades > 0, wins / trades, NULL) AS win_rate, arraySum(pnls) AS total_pnl,
+        arraySum(arrayFilter(p -> p > 0, pnls)) AS gross_win,
+        arraySum(arrayFilter(p -> p <= 0, pnls)) AS gross_loss,
+        if(gross_loss < 0, gross_win / abs(gross_loss), NULL) AS profit_factor,
+        if(wins > 0, gross_win / wins, NULL) AS avg_win,
+        if(wins > 0, arraySum(arrayFilter((r, p) -> p > 0, rets, pnls)) / wins, NULL) AS avg_win_pct,
+        if(losses > 0, gross_loss / losses, NULL) AS avg_loss,
+        if(losses > 0, arraySum(arrayFilter((r, p) -> p <= 0, rets, pnls)) / losses, NULL) AS avg_loss_pct,
+        if(trades > 0, total_pnl / trades, NULL) AS expectancy,
+        if(losses > 0, arrayMin(arrayFilter(p -> p <= 0, pnls)), NULL) AS max_loss_per_trade
+    FROM {db}.sweep_trades FINAL {where} GROUP BY config_id"""
+_DAILY_SQL = """
+    SELECT config_id, arraySort(groupArray((day, equity, daily_return, max_drawdown, exposure_sum))) AS d,
+        length(d) AS trading_days, d[-1].2 AS final_equity,
+        arrayMax(arrayMap(x -> x.4, d)) AS max_dd,
+        arrayMap(x -> x.3, d) AS r, arraySum(r) / trading_days AS mean_daily_return,
+        if(trading_days > 1, sqrt(arraySum(arrayMap(x -> (x - mean_daily_return) * (x - mean_daily_return), r))
+                                  / (trading_days - 1)), NULL) AS std_daily_return,
+        if(trading_days > 1 AND std_daily_return > 0,
+           mean_daily_return / std_daily_return * sqrt(252), NULL) AS sharpe,
+        if(sum(minutes) > 0, sum(minutes_in_market) / sum(minutes), NULL) AS exposure,
+        if(sum(exposure_minutes) > 0, arraySum(arrayMap(x -> x.5, d)) / sum(exposure_minutes), NULL)
+            AS avg_exposure_pct
+    FROM {db}.sweep_daily FINAL {where} GROUP BY config_id"""
+CHUNK = 500  # configurations per query: arrays of every trade of a chunk are held at once
+
+
 def compute_metrics(client, sweep_id: str, database: str = DATABASE) -> None:
-    """Per configuration, the section-6 metrics in SQL (as a run's report:
-    analytics.performance), into `sweep_metrics`."""
+    """Per configuration, the section-6 metrics in SQL (definitions as a run's
+    report, analytics.performance), into `sweep_metrics`."""
     db = f"`{database}`"
-    where = "WHERE sweep_id = {s:String}"
-    sql = f"""
-        INSERT INTO {db}.sweep_metrics ({', '.join(['sweep_id', 'config_id', *METRIC_COLUMNS])})
-        SELECT {{s:String}}, c.config_id,
-            ifNull(t.trades, 0), ifNull(d.trading_days, 0),
-            if(d.trading_days > 0, ifNull(t.trades, 0) / d.trading_days, NULL),
-            ifNull(t.wins, 0), ifNull(t.losses, 0), t.win_rate, t.avg_win, t.avg_win_pct,
-            t.avg_loss, t.avg_loss_pct, t.profit_factor, t.expectancy, t.max_loss_per_trade,
-            ifNull(t.total_pnl, 0), c.initial_cash, d.final_equity,
-            d.final_equity / c.initial_cash - 1, d.max_drawdown, d.sharpe,
-            d.mean_daily_return, d.std_daily_return, d.exposure, d.avg_exposure_pct
-        FROM (SELECT config_id, initial_cash FROM {db}.sweep_configs FINAL {where}) AS c
-        LEFT JOIN (
-            SELECT config_id, {trade_stats_sql()},
-                avgIfOrNull(pnl, pnl > 0) AS avg_win, avgIfOrNull(return_pct, pnl > 0) AS avg_win_pct,
-                avgIfOrNull(pnl, pnl <= 0) AS avg_loss, avgIfOrNull(return_pct, pnl <= 0) AS avg_loss_pct,
-                avgOrNull(pnl) AS expectancy, minIfOrNull(pnl, pnl <= 0) AS max_loss_per_trade
-            FROM {db}.sweep_trades FINAL {where} GROUP BY config_id) AS t ON t.config_id = c.config_id
-        LEFT JOIN (
-            SELECT config_id, count() AS trading_days, argMax(equity, day) AS final_equity,
-                maxOrNull(max_drawdown) AS max_drawdown, avgOrNull(daily_return) AS mean_daily_return,
-                if(trading_days > 1, stddevSamp(daily_return), NULL) AS std_daily_return,
-                if(trading_days > 1 AND std_daily_return > 0,
-                   mean_daily_return / std_daily_return * sqrt(252), NULL) AS sharpe,
-                if(sum(minutes) > 0, sum(minutes_in_market) / sum(minutes), NULL) AS exposure,
-                if(sum(exposure_minutes) > 0, sum(exposure_sum) / sum(exposure_minutes), NULL)
-                    AS avg_exposure_pct
-            FROM {db}.sweep_daily FINAL {where} GROUP BY config_id) AS d ON d.config_id = c.config_id
-        SETTINGS join_use_nulls = 1"""
-    with client_lock(client):
-        client.command(sql, parameters={"s": sweep_id})
+    ids = [r[0] for r in client.query(f"SELECT config_id FROM {db}.sweep_configs FINAL "
+                                      f"WHERE sweep_id = {{s:String}}", parameters={"s": sweep_id}).result_rows]
+    where = "WHERE sweep_id = {s:String} AND config_id IN {ids:Array(String)}"
+    for i in range(0, len(ids), CHUNK):
+        sql = f"""
+            INSERT INTO {db}.sweep_metrics ({', '.join(['sweep_id', 'config_id', *METRIC_COLUMNS])})
+            SELECT {{s:String}}, c.config_id,
+                ifNull(t.trades, 0), ifNull(d.trading_days, 0),
+                if(d.trading_days > 0, ifNull(t.trades, 0) / d.trading_days, NULL),
+                ifNull(t.wins, 0), ifNull(t.losses, 0), t.win_rate, t.avg_win, t.avg_win_pct,
+                t.avg_loss, t.avg_loss_pct, t.profit_factor, t.expectancy, t.max_loss_per_trade,
+                ifNull(t.total_pnl, 0), c.initial_cash, d.final_equity,
+                d.final_equity / c.initial_cash - 1, d.max_dd, d.sharpe,
+                d.mean_daily_return, d.std_daily_return, d.exposure, d.avg_exposure_pct
+            FROM (SELECT config_id, initial_cash FROM {db}.sweep_configs FINAL {where}) AS c
+            LEFT JOIN ({_TRADES_SQL.format(db=db, where=where)}) AS t ON t.config_id = c.config_id
+            LEFT JOIN ({_DAILY_SQL.format(db=db, where=where)}) AS d ON d.config_id = c.config_id
+            SETTINGS join_use_nulls = 1"""
+        with client_lock(client):
+            client.command(sql, parameters={"s": sweep_id, "ids": ids[i:i + CHUNK]})
 
 
 def record_walk_forward(client, sweep_id: str, wf: WalkForward, database: str = DATABASE) -> None:
@@ -167,12 +193,16 @@ def series(client, sweep_id: str, database: str = DATABASE) -> list[ConfigSeries
         if s is None:
             s = by_id[cid] = ConfigSeries(cid, {})
         s.returns[epoch + day] = ret
-    trades = client.query(
-        f"SELECT config_id, toInt32(toDate(exit_time, '{NY}')) AS d, count(), countIf(pnl > 0), "
-        f"sumIf(pnl, pnl > 0), sumIf(pnl, pnl <= 0) FROM `{database}`.sweep_trades FINAL "
-        f"WHERE sweep_id = {{s:String}} GROUP BY config_id, d", parameters={"s": sweep_id})
-    for cid, day, n, wins, gross_win, gross_loss in trades.result_rows:
-        if cid in by_id:
+    ids = sorted(by_id)
+    for i in range(0, len(ids), CHUNK):  # sums in a fixed order (see _TRADES_SQL)
+        trades = client.query(
+            f"SELECT config_id, toInt32(toDate(exit_time, '{NY}')) AS d, "
+            f"arrayMap(x -> x.2, arraySort(groupArray((trade_id, pnl)))) AS pnls, length(pnls), "
+            f"arrayCount(p -> p > 0, pnls), arraySum(arrayFilter(p -> p > 0, pnls)), "
+            f"arraySum(arrayFilter(p -> p <= 0, pnls)) FROM `{database}`.sweep_trades FINAL "
+            f"WHERE sweep_id = {{s:String}} AND config_id IN {{ids:Array(String)}} GROUP BY config_id, d",
+            parameters={"s": sweep_id, "ids": ids[i:i + CHUNK]})
+        for cid, day, _pnl, n, wins, gross_win, gross_loss in trades.result_rows:
             by_id[cid].trade_days[epoch + day] = TradeDay(n, wins, gross_win, gross_loss)
     return sorted(by_id.values(), key=lambda s: _number(s.config_id))
 

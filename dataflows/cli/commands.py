@@ -49,17 +49,31 @@ def _finish(client, run_id: str, out: str | None, quiet: bool) -> None:
         print(_report(client, run_id))
 
 
+def cluster_addresses(args) -> list[str]:
+    """-a/--addresses as a list; -i/--process-id must index it."""
+    addresses = [a for a in args.addresses.split(";") if a]
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    if not addresses and args.process_id != 0:
+        raise UsageError("--process-id needs --addresses (every process's host:port)")
+    return addresses
+
+
 def cmd_backtest(args) -> int:
+    addresses = cluster_addresses(args)
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
-                              snapshot_s=args.snapshot_s)
+                              snapshot_s=args.snapshot_s, addresses=addresses, process_id=args.process_id)
     else:
         result = run_replay(args.kafka, args.topic, config, dsn, args.run_id, workers=args.workers,
                             recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
-                            show_progress=not args.quiet)
+                            show_progress=not args.quiet, addresses=addresses, process_id=args.process_id)
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} done; process 0 holds the results")
+        return 0
     rate = result.bars / max(result.seconds, 1e-9)
     resumed = " (resumed from the recovery directory)" if result.resumed else ""
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
@@ -72,14 +86,9 @@ def cmd_run(args) -> int:
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
         raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
-    addresses = [a for a in args.addresses.split(";") if a]
-    if addresses and not 0 <= args.process_id < len(addresses):
-        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    addresses = cluster_addresses(args)
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    if len(addresses) > 1 and dsn.startswith("chdb:"):
-        raise UsageError("several processes (--addresses) need a ClickHouse server (--clickhouse "
-                         "http://host:8123): an embedded chDB directory can be opened by one process only")
     if args.live and not args.alpaca:
         raise UsageError("--live trades through Alpaca: add --alpaca")
     if args.alpaca:
@@ -95,7 +104,10 @@ def cmd_run(args) -> int:
                         recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
                         show_progress=True, addresses=addresses, process_id=args.process_id,
                         live=True, dead_letter_topic=args.dead_letter_topic)
-    print(f"run {result.run_id} stopped after {result.bars:,} bars")
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} stopped; process 0 holds the results")
+    else:
+        print(f"run {result.run_id} stopped after {result.bars:,} bars")
     return 0
 
 

@@ -16,6 +16,13 @@ def _recovery_args(p: argparse.ArgumentParser) -> None:
                    help="seconds between snapshots (with --recovery-dir; default 10)")
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--process-id", type=int, default=0,
+                   help="this process's index (multi-process; process 0 holds the database)")
+    p.add_argument("-a", "--addresses", default="",
+                   help="host:port of every process, ';'-separated, same order on all (multi-process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover trading on minute bars")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -33,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", help="also write trades.csv, orders.csv, ... to this directory")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
+    _cluster_args(bt)
     _recovery_args(bt)
 
     run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker, "
@@ -43,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id")
     run.add_argument("--clickhouse")
     run.add_argument("--workers", type=_positive_int, default=1, help="workers in this process")
-    run.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
-    run.add_argument("-a", "--addresses", default="",
-                     help="host:port of every process, ';'-separated, same order on all (multi-process)")
+    _cluster_args(run)
     run.add_argument("--dead-letter-topic", default="bars.dead_letters")
     run.add_argument("--alpaca", action="store_true",
                      help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
