@@ -1,12 +1,16 @@
-"""The one dataflow every mode runs: backtest, replay and live differ only in
-the source and the sinks passed in.
+"""The one dataflow every mode runs: backtest, replay, live and sweep differ
+only in the source, the sinks and how many configurations it evaluates.
 
   source (Chunk | Watermark, per partition)
-    -> key by symbol -> symbol stage (validation, SMA windows, signals)
-    -> key "portfolio" (with the watermarks) -> portfolio stage
-       (event-time ordering, exits, risk, simulated broker)
+    -> key by symbol -> symbol stage (validation, indicators and signals of
+       the configurations' strategies, each computed once)
+    -> every portfolio shard (with the watermarks) -> portfolio stage
+       (event-time ordering, exits, risk, simulated broker: a run is one
+       shard of one configuration; a sweep's shards, one per worker, hold
+       its configurations)
   symbol outputs (bars, signals, dead letters) and portfolio outputs
-  (orders, fills, trades, equity, rejections) go to the sinks.
+  (orders, fills, trades, equity, rejections; a sweep's per-configuration
+  trades and daily rows) go to the sink.
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def test_rolling_selection_by_total_return_worked_by_hand():
     # out of sample: c001 on days 4-5, then c002 on days 6-7
     assert wf.out_of_sample.days == 4
     assert wf.out_of_sample.total_return == pytest.approx(0.98 * 1.0 * 0.99 * 1.02 - 1)
-    # in-sample best over all 8 days: c001 (1.01^3 * .98 * 1.03 * 1.05 - 1 = 9.19 %)
+    # in-sample best over all 8 days: c001 (1.01^3 * .98 * 1.03 * 1.05 - 1 = 9.20 %)
     assert wf.in_sample_best == "c001"
     assert wf.in_sample_best_overall.total_return == pytest.approx(1.01 ** 3 * 0.98 * 1.03 * 1.05 - 1)
     # ... and on the out-of-sample days: 0.98 * 1.00 * 1.03 * 1.00 - 1

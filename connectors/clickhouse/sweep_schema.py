@@ -25,7 +25,7 @@ from connectors.clickhouse.schema import DATABASE, TABLES, TS, to_columns
 _F, _S, _I, _U = "Float64", "String", "Int64", "UInt64"
 _NF = "Nullable(Float64)"
 _KEY = [("sweep_id", _S), ("config_id", _S)]
-EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()  # a Date's value + this = its proleptic ordinal
 
 # per-configuration copies of run tables: table -> run table
 PER_CONFIG = {"sweep_trades": "trades", "sweep_orders": "orders", "sweep_fills": "fills",
@@ -77,11 +77,6 @@ def sweep_ddl(table: str, database: str = DATABASE) -> str:
     body = ",\n  ".join(f"`{n}` {t}" for n, t in cols)
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n  {body}\n) "
             f"ENGINE = {engine} ORDER BY ({', '.join(order)})")
-
-
-def day_number(ordinal: int) -> int:
-    """A proleptic day ordinal -> days since 1970-01-01 (a Date's value)."""
-    return ordinal - EPOCH_ORDINAL
 
 
 def config_event_columns(table: str, sweep_id: str, config_id: str, events: list) -> dict[str, list]:

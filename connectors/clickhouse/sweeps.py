@@ -14,7 +14,7 @@ from datetime import date
 from connectors.clickhouse.analytics import NY
 from connectors.clickhouse.client import client_lock, insert_columns
 from connectors.clickhouse.schema import DATABASE
-from connectors.clickhouse.sweep_schema import METRIC_COLUMNS, SWEEP_TABLES
+from connectors.clickhouse.sweep_schema import EPOCH_ORDINAL, METRIC_COLUMNS, SWEEP_TABLES
 from operators.walk_forward import ConfigSeries, TradeDay, WalkForward
 
 CLEARED_ON_RERUN = [t for t in SWEEP_TABLES if t != "sweeps"]
@@ -187,7 +187,7 @@ def series(client, sweep_id: str, database: str = DATABASE) -> list[ConfigSeries
     days = client.query(
         f"SELECT config_id, toInt32(day), daily_return FROM `{database}`.sweep_daily FINAL "
         f"WHERE sweep_id = {{s:String}} ORDER BY config_id, day", parameters={"s": sweep_id})
-    epoch = date(1970, 1, 1).toordinal()
+    epoch = EPOCH_ORDINAL
     for cid, day, ret in days.result_rows:
         s = by_id.get(cid)
         if s is None:
