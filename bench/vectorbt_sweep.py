@@ -55,7 +55,8 @@ def signals(close: np.ndarray):
 
 def sweep(o, h, lo, c, index) -> tuple[float, int]:
     started = time.perf_counter()
-    entries, exits = signals(c)
+    entries, exits = signals(c)  # columns: pair x symbol
+    o, h, lo, c = (np.tile(a, (1, len(PAIRS))) for a in (o, h, lo, c))
     configs = list(itertools.product(TP, SL, TRAIL))
     k = entries.shape[1]  # pairs x symbols
     tile = lambda a: np.tile(a, (1, len(configs)))  # noqa: E731
