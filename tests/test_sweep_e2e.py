@@ -181,6 +181,8 @@ def test_report_prints_the_sweep_again(swept):
     d, _, stdout = swept
     again = cuts("report", "--sweep", "sw-e2e", "--clickhouse", f"chdb://{d / 'ch-sweep'}").stdout
     assert again.strip() in stdout
+    latest = cuts("report", "--clickhouse", f"chdb://{d / 'ch-sweep'}").stdout  # the latest run is the sweep
+    assert latest == again
     unknown = cuts("report", "--sweep", "sw-nope", "--clickhouse", f"chdb://{d / 'ch-sweep'}", check=False)
     assert unknown.returncode == 2 and unknown.stderr.strip() == "cuts: error: unknown sweep id: sw-nope"
 

@@ -209,6 +209,11 @@ def cmd_report(args) -> int:
     run_id = args.run_id or analytics.latest_run_id(client)
     if run_id is None:
         raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    if analytics.run_info(client, run_id).get("mode") == "sweep":  # its report is the sweep's
+        from dataflows.cli.sweep_command import cmd_report_sweep
+
+        print(cmd_report_sweep(client, run_id))
+        return 0
     print(_report(client, run_id))
     return 0
 
