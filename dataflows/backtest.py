@@ -25,6 +25,7 @@ class Progress:
     def __init__(self, total: int, stream=sys.stderr):
         self.total, self.done, self.stream = total, 0, stream
         self.started = self.last = time.monotonic()
+        self.open_line = False  # a terminal line not ended yet
 
     def __call__(self, partition: int, rows: int) -> None:
         self.done += rows
@@ -35,9 +36,16 @@ class Progress:
             rate = self.done / max(now - self.started, 1e-9)
             pct = 100.0 * self.done / max(self.total, 1)
             # a live line on a terminal, whole lines in logs
-            end = "" if tty and self.done < self.total else "\n"
-            print(f"\rbars {self.done:,}/{self.total:,} ({pct:5.1f}%) {rate:,.0f} bars/s",
-                  end=end, file=self.stream, flush=True)
+            self.open_line = tty and self.done < self.total
+            cr = "\r" if tty else ""
+            print(f"{cr}bars {self.done:,}/{self.total:,} ({pct:5.1f}%) {rate:,.0f} bars/s",
+                  end="" if self.open_line else "\n", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End a terminal line left open (a stopped or failed run)."""
+        if self.open_line:
+            print(file=self.stream, flush=True)
+            self.open_line = False
 
 
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,
@@ -53,7 +61,11 @@ def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | 
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, source_identity={"bars_file": file_id},
                    addresses=addresses, process_id=process_id)
-    return execute(spec, source, source.partition_ids())
+    try:
+        return execute(spec, source, source.partition_ids())
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_id: str | None,

@@ -50,6 +50,7 @@ class FlowSettings:
     sessions: dict | None = None  # broker fills: market sessions (no entries outside them)
     blocked: frozenset = frozenset()  # broker fills: unreconciled symbols (no orders)
     sweep: SweepSettings | None = None  # a sweep: daily records per configuration
+    stop: object = None  # dataflows.stop.StopRequest of the run (None: the input always ends)
 
     def configs(self) -> list:
         """(config_id, TradingConfig) of every configuration; a run's one is its run id."""
@@ -117,7 +118,11 @@ class PortfolioLogic(StatefulBatchLogic):
         return self._outputs(out, final=False), StatefulBatchLogic.RETAIN
 
     def on_eof(self):
-        if self.stage is None:
+        stop = self.settings.stop
+        if self.stage is None or (stop is not None and stop.cut_short):
+            # A stopped run: Bytewax commits the state after this, and a resume
+            # goes on from it. Applying the buffered bars "to the end of time"
+            # here would make it drop every later bar as late.
             return [], StatefulBatchLogic.RETAIN
         out = self.stage.flush()
         return self._outputs(out, final=True), StatefulBatchLogic.RETAIN

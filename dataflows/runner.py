@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable
 
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main, run_main
 
 from connectors.clickhouse import analytics
@@ -24,6 +25,7 @@ from connectors.clickhouse.runs import clear_run, record_run_end, record_run_sta
 from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
 from dataflows.flow import FlowSettings, SweepSettings, build_flow
+from dataflows.stop import RunInterrupted, StopRequest, stop_on_signals
 from operators.config import TradingConfig
 
 
@@ -76,8 +78,10 @@ class BarsWrittenProgress:
         while not self.stop.wait(1.0):
             n = self.count(self.writer)
             rate = n / max(time.monotonic() - started, 1e-9)
-            end = "" if self.stream.isatty() else "\n"  # one line a second in logs
-            print(f"\rbars stored {n:,} ({rate:,.0f} bars/s)", end=end, file=self.stream, flush=True)
+            tty = self.stream.isatty()  # a live line on a terminal, one line a second in logs
+            cr = "\r" if tty else ""
+            print(f"{cr}bars stored {n:,} ({rate:,.0f} bars/s)", end="" if tty else "\n",
+                  file=self.stream, flush=True)
 
     def __enter__(self):
         self.thread.start()
@@ -86,7 +90,44 @@ class BarsWrittenProgress:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
-        print("", file=self.stream)
+        if self.stream.isatty():
+            print("", file=self.stream)
+
+
+class _StoppablePartition(StatefulSourcePartition):
+    def __init__(self, inner, stop: StopRequest):
+        self.inner, self.stop = inner, stop
+
+    def next_batch(self):
+        if self.stop.requested:
+            self.stop.cut_short = True
+            raise StopIteration()
+        return self.inner.next_batch()
+
+    def next_awake(self):
+        return None if self.stop.requested else self.inner.next_awake()
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class StoppableSource(FixedPartitionedSource):
+    """Wraps a source: each partition ends (EOF) at its next batch once
+    `stop` is requested; otherwise it is the wrapped source unchanged."""
+
+    def __init__(self, inner: FixedPartitionedSource, stop: StopRequest):
+        if not isinstance(inner, FixedPartitionedSource):
+            raise TypeError(f"StoppableSource wraps a FixedPartitionedSource, not {type(inner).__name__}")
+        self.inner, self.stop = inner, stop
+
+    def list_parts(self):
+        return self.inner.list_parts()
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state), self.stop)
 
 
 @dataclass
@@ -102,20 +143,27 @@ class Trading:
 
 def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
             trading: Trading | None = None) -> RunResult:
-    """Run the flow over `source` into ClickHouse; returns when the source ends."""
-    prefetch = getattr(source, "prefetch", None)  # Kafka: consumers fetch while the rest is set up
-    try:
-        # one process, from the beginning (a resume starts at its stored offsets)
-        if prefetch is not None and not spec.addresses and not rec.has_state(spec.recovery_dir):
-            prefetch()
-        return _execute(spec, source, partitions, show_progress, trading)
-    finally:
-        close = getattr(source, "close_prefetched", None)
-        if close is not None:
-            close()
+    """Run the flow over `source` into ClickHouse; returns when the source ends.
+
+    SIGINT / SIGTERM stop the run cleanly (`dataflows.stop`): the sources
+    end, every row is written, the status says so and `RunInterrupted` is
+    raised; a recovery directory resumes from where it stopped."""
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        prefetch = getattr(source, "prefetch", None)  # Kafka: consumers fetch while the rest is set up
+        try:
+            # one process, from the beginning (a resume starts at its stored offsets)
+            if prefetch is not None and not spec.addresses and not rec.has_state(spec.recovery_dir):
+                prefetch()
+            return _execute(spec, source, partitions, show_progress, trading, stop)
+        finally:
+            close = getattr(source, "close_prefetched", None)
+            if close is not None:
+                close()
 
 
-def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None) -> RunResult:
+def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None,
+             stop: StopRequest) -> RunResult:
     owner = spec.owner
     client = None
     if owner:
@@ -138,11 +186,13 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
                             sessions=trading.sessions if trading is not None else None,
                             blocked=trading.blocked if trading is not None else frozenset(),
-                            sweep=spec.sweep)
+                            sweep=spec.sweep, stop=stop)
+    source = StoppableSource(source, stop)
     if trading is None:
         flow = build_flow(settings, source, sink, partitions)
     else:
-        flow = build_flow(settings, source, sink, partitions, trade_source=trading.trade_source,
+        flow = build_flow(settings, source, sink, partitions,
+                          trade_source=StoppableSource(trading.trade_source, stop),
                           trade_partitions=trading.trade_partitions, broker_sink=trading.broker_sink)
     kwargs = {}
     if recovery is not None:
@@ -171,11 +221,17 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
     finally:
         gc.unfreeze()  # a process that goes on (tests, the CLI's report) collects as usual
     seconds = time.monotonic() - started
+    status = "stopped" if spec.mode == "live" else "interrupted"
     if not owner:  # process 0 holds the rows and counts them
+        if stop.cut_short:
+            raise RunInterrupted(spec.run_id, stop.signum, status, 0, spec.recovery_dir)
         return RunResult(spec.run_id, 0, seconds, resuming)
     if spec.sweep is not None:
         bars = shared_writer(spec.dsn, spec.run_id).shard_bars.get(0, 0)
     else:
         bars = int(analytics.counts(client, spec.run_id)["bars"])
+    if stop.cut_short:
+        record_run_end(client, spec.run_id, bars, status)
+        raise RunInterrupted(spec.run_id, stop.signum, status, bars, spec.recovery_dir)
     record_run_end(client, spec.run_id, bars, "finished")
     return RunResult(spec.run_id, bars, seconds, resuming)

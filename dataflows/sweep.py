@@ -19,6 +19,7 @@ from connectors.clickhouse.client import open_client
 from dataflows.backtest import Progress
 from dataflows.flow import SweepSettings
 from dataflows.runner import RunSpec, config_hash, execute
+from dataflows.stop import RunInterrupted
 from operators.config import TradingConfig
 from operators.grid import DEFAULT_MAX_CONFIGS, Grid, expand
 from operators.walk_forward import walk_forward
@@ -112,6 +113,10 @@ def run_sweep(source: SweepSource, grid: Grid, base: TradingConfig, dsn: str, *,
     try:
         result = execute(spec, flow_source, flow_source.partition_ids(),
                          show_progress=show_progress and not source.bars_path)
+    except RunInterrupted:  # a clean stop (SIGINT / SIGTERM): rerun, or resume with --recovery-dir
+        if spec.owner and started:
+            records.record_sweep(open_client(dsn), sweep_id, status="interrupted", **row)
+        raise
     except BaseException:
         if spec.owner and started:
             records.record_sweep(open_client(dsn), sweep_id, status="failed", **row)

@@ -546,24 +546,87 @@ def cuts(*args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_flushes_closes_and_exits_zero(server, kafka, topic):
-    env = {**os.environ, "ALPACA_API_KEY": server.key, "ALPACA_SECRET_KEY": server.secret,
-           "ALPACA_DATA_WS_URL": server.ws_base_url, "ALPACA_DATA_URL": server.rest_url}
-    env.pop("ALPACA_FEED", None)
-    proc = cuts("stream", "--symbols", "AAPL", "--kafka", kafka.bootstrap, "--topic", topic,
-                "--session", "never", env=env)
+class StreamProcess:
+    """`cuts stream` as a process; its stderr lines as they come."""
+
+    def __init__(self, server, kafka, topic, *extra):
+        env = {**os.environ, "ALPACA_API_KEY": server.key, "ALPACA_SECRET_KEY": server.secret,
+               "ALPACA_DATA_WS_URL": server.ws_base_url, "ALPACA_DATA_URL": server.rest_url}
+        env.pop("ALPACA_FEED", None)
+        self.proc = cuts("stream", "--symbols", "AAPL", "--kafka", kafka.bootstrap, "--topic", topic,
+                         "--session", "never", "--backoff-base-s", "2", *extra, env=env)
+        self.err: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def stop(self, sig, then=None):
+        """Signal it; (exit code, stdout, stderr lines written after the signal)."""
+        seen = len(self.err)
+        self.proc.send_signal(sig)
+        if then is not None:
+            self.proc.send_signal(then)
+        try:
+            out = self.proc.stdout.read()
+            self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.reader.join(5)
+        return self.proc.returncode, out, self.err[seen:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", ["connecting", "subscribed", "streaming", "reconnecting"])
+def test_a_signal_is_the_normal_end_of_cuts_stream_exit_0_one_line_nothing_lost(server, kafka, topic, sig,
+                                                                                point):
+    if point == "connecting":
+        server.set_silent(True)  # no greeting: the stream waits (--connect-timeout-s, 10 s)
+    run = StreamProcess(server, kafka, topic)
     try:
-        server.wait_until(lambda: subscribed(server, 1, ["AAPL"]), timeout=20)
-        server.push_bars([wire_bar("AAPL", T0)])
-        wait_for(lambda: bars_in(kafka.bootstrap, topic))
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        if point == "connecting":
+            wait_for(lambda: any("connecting to" in line for line in run.err), timeout=30)
+            time.sleep(0.2)
+        else:
+            server.wait_until(lambda: subscribed(server, 1, ["AAPL"]), timeout=30)
+        if point not in ("connecting", "subscribed"):
+            server.push_bars([wire_bar("AAPL", T0), wire_bar("AAPL", T0 + 60)])
+            wait_for(lambda: len(bars_in(kafka.bootstrap, topic)) == 2)
+        if point == "reconnecting":  # dropped, its reconnect refused: in the backoff
+            server.reject_connections(5)
+            server.drop_connections()
+            wait_for(lambda: any("reconnecting in" in line for line in run.err))
+        started = time.monotonic()
+        code, out, after = run.stop(sig)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert "stream stopped: received 1" in out
-    assert server.connections()[0].closed_at is not None
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert code == 0, "".join(run.err)
+    assert time.monotonic() - started < 8, "a stop waited for a timeout"
+    bars = 0 if point in ("connecting", "subscribed") else 2
+    assert out.splitlines() == [out.splitlines()[0]] and out.startswith(
+        f"stream stopped on {sig.name}: received {bars} "), out
+    # a normal stop reads as one: no warning, error or traceback after the signal
+    assert not [line for line in after if " WARNING " in line or " ERROR " in line or "Traceback" in line], after
+    assert all(c.closed_at is not None for c in server.connections())
+    assert len(bars_in(kafka.bootstrap, topic)) == bars
+
+
+def test_a_second_signal_stops_cuts_stream_at_once_with_one_line(server, kafka, topic):
+    run = StreamProcess(server, kafka, topic)
+    try:
+        server.wait_until(lambda: subscribed(server, 1, ["AAPL"]), timeout=30)
+        # both arrive before the first is handled (the process paused): SIGINT asks for the
+        # stop, SIGTERM finds it asked (Python runs the handlers in signal-number order)
+        run.proc.send_signal(signal.SIGSTOP)
+        run.proc.send_signal(signal.SIGINT)
+        code, out, after = run.stop(signal.SIGTERM, then=signal.SIGCONT)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert code == 143 and out == ""
+    assert [line for line in after if line.startswith("cuts:")] == [
+        "cuts: stopped at once on a second SIGTERM: rows since the last batch are not written\n"], after
+    assert not [line for line in after if "Traceback" in line], after
 
 
 def test_settings_come_from_arguments_environment_and_config(monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from connectors.alpaca.broker_sink import BrokerOrderRecord
+from connectors.alpaca.order_history import OrderEvent
 from connectors.clickhouse import client as ch
 from connectors.clickhouse import runs as ch_runs
 from connectors.clickhouse import schema as ch_schema
@@ -51,8 +51,17 @@ EVENTS = {
     "dead_letters": [DeadLetter("AAPL", T0, "duplicate", "bars.csv:3", "{}"),
                      DeadLetter("AAPL", T0, "duplicate", "bars.csv:4", "{}")],
     "controls": [ControlEvent("c1", "halt", True, T0, "ops", "news", 2, 1)],
-    "broker_orders": [BrokerOrderRecord("s.AAPL.1.entry", "r.s.AAPL.1.entry", "entry", "AAPL", "buy", 10, T0,
-                                        10.5, "b-1", "new", False, "", T0 * 1000 + 70_500, 10_500.0, 12.5)],
+    "broker_orders": [
+        OrderEvent("r.s.AAPL.1.entry", (T0 + 60) * 1000, "decided", "bar", "sink", "s.AAPL.1.entry", "entry",
+                   "AAPL", "buy", 10, T0, 10.5),
+        OrderEvent("r.s.AAPL.1.entry", T0 * 1000 + 70_500, "sent", "broker", "sink", "s.AAPL.1.entry", "entry",
+                   "AAPL", "buy", 10, T0, 10.5, decision_lag_ms=10_500.0),
+        OrderEvent("r.s.AAPL.1.entry", T0 * 1000 + 70_513, "accepted", "broker", "sink", "s.AAPL.1.entry",
+                   "entry", "AAPL", "buy", 10, T0, 10.5, "b-1", "accepted", decision_lag_ms=10_500.0,
+                   submit_ms=12.5),
+        OrderEvent("r.s.AAPL.1.entry", (T0 + 71) * 1000, "filled", "broker_event", "trade_updates",
+                   "s.AAPL.1.entry", symbol="AAPL", side="buy", broker_order_id="b-1", status="filled",
+                   filled_qty=10, fill_price=10.52)],
 }
 
 
@@ -262,3 +271,87 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
                           cwd=str(Path(__file__).resolve().parent.parent))
     assert proc.returncode == 0 and "FAILED CLEANLY" in proc.stdout, proc.stderr[-2000:]
     assert "panic in a destructor" not in proc.stderr
+
+
+# ------------------------------------------------------------- order history
+def _history(client, run_id):
+    return client.query("SELECT event, broker_order_id, status FROM thousandcuts.broker_orders FINAL "
+                        "WHERE run_id = {r:String} ORDER BY at, event", parameters={"r": run_id}).result_rows
+
+
+def test_the_order_history_keeps_every_state_change_a_replay_adds_rows_never_rewrites(client):
+    w = ch.ClickHouseWriter(client, "history")
+    w.add("broker_orders", EVENTS["broker_orders"])
+    w.flush()
+    cid, later = "r.s.AAPL.1.entry", (T0 + 700) * 1000  # restarted 11 minutes later: the decision replayed
+    replay = [OrderEvent(cid, (T0 + 60) * 1000, "decided", "bar", "sink", "s.AAPL.1.entry", "entry", "AAPL",
+                         "buy", 10, T0, 10.5),
+              OrderEvent(cid, later, "adopted", "broker", "sink", "s.AAPL.1.entry", "entry", "AAPL", "buy",
+                         10, T0, 10.5, "b-1", "filled", detail="replayed decision")]
+    w.add("broker_orders", replay)
+    w.flush()
+    assert _history(client, "history") == [
+        ("decided", "", ""), ("sent", "", ""), ("accepted", "b-1", "accepted"), ("filled", "b-1", "filled"),
+        ("adopted", "b-1", "filled")]  # the replayed decision is the same row; its adoption a new one
+
+
+def test_the_current_state_of_an_order_is_its_most_advanced_event(client):
+    w = ch.ClickHouseWriter(client, "state")
+    oco = "r.s.AAPL.1.entry.oco"
+    w.add("broker_orders", EVENTS["broker_orders"] + [
+        # a replay adopts the entry after its fill: still filled
+        OrderEvent("r.s.AAPL.1.entry", (T0 + 700) * 1000, "adopted", "broker", "sink", "s.AAPL.1.entry",
+                   "entry", "AAPL", "buy", 10, T0, 10.5, "b-1", "filled"),
+        # the OCO: accepted at .400, its `new` stamped in whole seconds before; the stop leg fills, the
+        # target is canceled in the same second
+        OrderEvent(oco, (T0 + 61) * 1000 + 400, "accepted", "broker", "relay", "s.AAPL.1.entry.oco",
+                   "protect", "AAPL", "sell", 10, 0, 0.0, "b-2", "new"),
+        OrderEvent(oco, (T0 + 61) * 1000, "new", "broker_event", "trade_updates", "s.AAPL.1.entry.oco",
+                   symbol="AAPL", side="sell", broker_order_id="b-2", status="new", leg="target"),
+        OrderEvent(oco, (T0 + 90) * 1000, "filled", "broker_event", "trade_updates", "s.AAPL.1.entry.oco",
+                   symbol="AAPL", side="sell", broker_order_id="b-3", status="filled", leg="stop",
+                   filled_qty=10, fill_price=10.4),
+        OrderEvent(oco, (T0 + 90) * 1000, "canceled", "broker_event", "trade_updates", "s.AAPL.1.entry.oco",
+                   symbol="AAPL", side="sell", broker_order_id="b-2", status="canceled", leg="target")])
+    w.flush()
+    rows = client.query("SELECT client_order_id, intent, broker_order_id, last_event, status, filled_qty, "
+                        "sends, adoptions FROM thousandcuts.broker_order_state WHERE run_id = 'state' "
+                        "ORDER BY client_order_id").result_rows
+    assert rows == [("r.s.AAPL.1.entry", "entry", "b-1", "filled", "filled", 10, 1, 1),
+                    (oco, "protect", "b-2", "filled", "filled", 10, 0, 0)]
+
+
+def test_a_request_log_from_before_the_history_is_set_aside_and_copied_in(client):
+    client.command("CREATE DATABASE IF NOT EXISTS olddb2")
+    client.command("""CREATE TABLE olddb2.broker_orders (run_id String, order_id String, client_order_id String,
+        intent String, symbol String, side String, qty Int64, decided_ts DateTime64(3, 'UTC'),
+        decision_price Float64, broker_order_id String, status String, adopted Bool, detail String,
+        acked_at_ms Int64, decision_lag_ms Float64, submit_ms Float64)
+        ENGINE = ReplacingMergeTree ORDER BY (run_id, client_order_id, intent, decided_ts)""")
+    client.command(f"""INSERT INTO olddb2.broker_orders VALUES
+        ('old', 's.AAPL.1.entry', 'old.s.AAPL.1.entry', 'entry', 'AAPL', 'buy', 10, {T0}, 10.5, 'b-1', 'new',
+         false, '', {T0 * 1000 + 61_000}, 1000.0, 12.0),
+        ('old', 's.MSFT.1.entry', 'old.s.MSFT.1.entry', 'entry', 'MSFT', 'buy', 5, {T0}, 20.0, '', 'failed',
+         false, 'HTTP 403', {T0 * 1000 + 61_000}, 1000.0, 9.0)""")
+    for _ in range(2):  # the second start-up neither renames nor copies again
+        ch.ensure_schema(client, database="olddb2")
+    rows = client.query("SELECT client_order_id, event, broker_order_id, status, clock, source, "
+                        "toUnixTimestamp64Milli(at), submit_ms FROM olddb2.broker_orders FINAL "
+                        "ORDER BY client_order_id").result_rows
+    assert rows == [("old.s.AAPL.1.entry", "accepted", "b-1", "new", "local", "v1", T0 * 1000 + 61_000, 12.0),
+                    ("old.s.MSFT.1.entry", "refused", "", "", "local", "v1", T0 * 1000 + 61_000, 9.0)]
+    assert client.command("SELECT count() FROM olddb2.broker_orders_before_history") == 2
+
+
+def test_the_broker_summary_reads_requests_and_current_states_from_the_history(client):
+    from connectors.clickhouse import analytics
+
+    w = ch.ClickHouseWriter(client, "summary")
+    w.add("broker_orders", EVENTS["broker_orders"])
+    w.flush()
+    summary = analytics.broker_summary(client, "summary")
+    assert summary["requests"] == [["entry", "accepted", "1", "10,500", "10,500", "12", "12"]]
+    assert summary["orders"] == [["entry", "filled", "1", "10"]]
+    text = analytics.format_broker_summary(summary)
+    assert "Broker orders" in text and "current state" in text
+    assert analytics.broker_summary(client, "no-such-run") == {}

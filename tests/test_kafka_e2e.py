@@ -115,9 +115,17 @@ def run_and_kill(args, at_bars: int, timeout: float = 120) -> bool:
             proc.wait()
 
 
-def test_sigkill_twice_then_resume_gives_every_table_of_an_uninterrupted_run(broker, recovery_topic, tmp_path):
-    clean = tmp_path / "clean"
+@pytest.fixture(scope="module")
+def recovery_clean(broker, recovery_topic, tmp_path_factory):
+    """The uninterrupted replay of the recovery topic (directory with ch/ and out/)."""
+    clean = tmp_path_factory.mktemp("clean")
     cuts(*replay_args(broker, recovery_topic, clean / "ch", "--out", str(clean / "out"), "--quiet"))
+    return clean
+
+
+def test_sigkill_twice_then_resume_gives_every_table_of_an_uninterrupted_run(broker, recovery_topic,
+                                                                            recovery_clean, tmp_path):
+    clean = recovery_clean
 
     crashed = tmp_path / "crashed"
     rec_args = replay_args(broker, recovery_topic, crashed / "ch", "--recovery-dir", str(crashed / "rec"),
@@ -226,6 +234,81 @@ def test_publish_at_x_times_real_time_paces_minutes_and_replays_the_same(broker,
     cuts("backtest", "--bars", str(path), "--clickhouse", f"chdb://{tmp_path / 'b'}",
          "--out", str(tmp_path / "file"), "--run-id", "p", "--quiet")
     same_exports(tmp_path / "file", tmp_path / "kafka")
+
+
+def stop_at_stored(args, sig, at_bars: int, timeout: float = 120, delay_s: float = 0.0):
+    """Start `cuts args`; send `sig` `delay_s` after it reports `at_bars` stored.
+    Returns (exit code, stderr lines other than progress, signal sent)."""
+    proc = subprocess.Popen([*CUTS, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    others, sent = [], False
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stderr:
+            if line.startswith("bars stored"):
+                if not sent and int(line.split()[2].replace(",", "")) >= at_bars:
+                    time.sleep(delay_s)
+                    proc.send_signal(sig)
+                    sent = True
+            elif line.strip():
+                others.append(line.rstrip("\n"))
+            assert time.monotonic() < deadline, "no end in time"
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, others, sent
+
+
+def assert_stopped_with_one_line(code, lines, sig, status):
+    lines = [line for line in lines if not line.startswith("live run on ")]  # cuts run's start line
+    text = "\n".join(lines)
+    assert code == 128 + sig and len(lines) == 1, text
+    assert "Traceback" not in text and "panicked" not in text
+    assert f" {status} on {signal.Signals(sig).name} after " in lines[0], text
+    return int(lines[0].split(" after ")[1].split()[0].replace(",", ""))  # bars stored so far
+
+
+def test_a_replay_stopped_by_sigterm_and_sigint_then_resumed_gives_every_table_of_an_uninterrupted_run(
+        broker, recovery_topic, recovery_clean, tmp_path):
+    rec_args = replay_args(broker, recovery_topic, tmp_path / "ch", "--recovery-dir", str(tmp_path / "rec"),
+                           "--snapshot-s", "1")
+    stopped = 0
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):  # at each run's first progress line
+        code, lines, sent = stop_at_stored(rec_args, sig, 1)
+        if code == 0:  # the rest took less than a progress interval (exact points: test_clean_stop)
+            break
+        assert sent
+        assert_stopped_with_one_line(code, lines, sig, "interrupted")
+        stopped += 1
+    assert stopped >= 1, "the replay ended before its first progress line"
+    done = cuts(*rec_args, "--out", str(tmp_path / "out"), "--quiet")
+    assert "resumed" in done.stdout
+    same_exports(recovery_clean / "out", tmp_path / "out")
+
+
+def test_a_live_worker_stopped_by_sigterm_resumes_and_stops_again_by_sigint_with_the_replays_trades(
+        broker, recovery_topic, recovery_clean, tmp_path):
+    """`cuts run` tails the topic; a stop is its normal end (still 130 / 143:
+    the shell and a supervisor see it was signalled)."""
+    args = ["run", "--kafka", broker, "--topic", recovery_topic, "--clickhouse", f"chdb://{tmp_path / 'ch'}",
+            "--run-id", "rec", "--recovery-dir", str(tmp_path / "rec"), "--snapshot-s", "1"]
+    code, lines, sent = stop_at_stored(args, signal.SIGTERM, 30_000)
+    assert sent
+    before = assert_stopped_with_one_line(code, lines, signal.SIGTERM, "stopped")
+    bars = int(cuts("report", "--run-id", "rec", "--clickhouse", f"chdb://{recovery_clean / 'ch'}"
+                    ).stdout.split("\nbars ")[1].split()[0])
+    # resumed: the rest of the topic, then stopped once every bar is stored and
+    # the last minute's marker came through (a marker may follow its bars by a batch)
+    code, lines, sent = stop_at_stored(args, signal.SIGINT, bars - before, delay_s=2.0)
+    assert sent
+    assert assert_stopped_with_one_line(code, lines, signal.SIGINT, "stopped") == bars
+    subprocess.run([sys.executable, "-c", "import sys; from connectors.clickhouse import analytics; "
+                    "from connectors.clickhouse.client import open_client; "
+                    "analytics.export_csv(open_client(sys.argv[1]), 'rec', sys.argv[2])",
+                    f"chdb://{tmp_path / 'ch'}", str(tmp_path / "out")], cwd=ROOT, check=True)
+    assert (tmp_path / "out" / "trades.csv").read_bytes() == (recovery_clean / "out" / "trades.csv").read_bytes()
 
 
 # -- live worker ----------------------------------------------------------------

@@ -416,3 +416,63 @@ def test_markers_wait_for_a_listening_stream_and_its_catch_up():
     finally:
         relay.stop()
     assert streams[0].stopped and not relay.alive
+
+
+def test_the_broker_updates_it_writes_go_on_to_the_order_history_with_their_source(kafka, server, tc):
+    from connectors.alpaca.order_history import event_of_update
+
+    writer = TradeUpdatesWriter(kafka, "tu-history")
+    seen = []
+
+    def published(updates, source):
+        seen.extend((source, u) for u in updates)
+
+    try:
+        relay = relay_for(server, writer, on_published=published).start()
+        aapl = entry(tc, "AAPL", 10)
+        server.fill(client_order_id(RUN, aapl), price=100.0)
+        wait(lambda: len(seen) >= 2)
+        relay.stop()
+        relay = relay_for(server, writer, on_published=published).start()  # a restart: the catch-up
+        relay.stop()
+        relay.check()
+    finally:
+        writer.close()
+    broker_id = server.order(client_order_id(RUN, aapl))["id"]
+    rows = [event_of_update(u, client_order_id(RUN, u.order_id), source) for source, u in seen]
+    assert [(r.source, r.event, r.clock, r.broker_order_id, r.filled_qty) for r in rows] == [
+        ("trade_updates", "new", "broker_event", broker_id, 0),
+        ("trade_updates", "filled", "broker_event", broker_id, 10),
+        ("order_list", "filled", "broker_event", broker_id, 10)]
+    # the fill seen twice is one row of the history: the same time, order, event and quantity
+    assert rows[1].at == rows[2].at and rows[1].fill_price == rows[2].fill_price == 100.0
+
+
+def test_our_own_updates_are_not_broker_events_of_the_history():
+    from connectors.alpaca.order_history import event_of_update
+
+    ours = [TradeUpdate("s.AAPL.1.entry", "submit_failed", "AAPL", "buy", 60, detail="HTTP 403"),
+            TradeUpdate("s.AAPL.1.entry", "expired", "AAPL", "buy", 60, detail="stale decision"),
+            TradeUpdate("reconcile.AAPL.60", "reconciled", "AAPL", "sell", 60)]
+    assert [event_of_update(u, "r." + u.order_id, "trade_updates") for u in ours] == [None, None, None]
+
+
+def test_a_relay_stop_reads_as_no_fault(kafka, server, tc, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    writer = TradeUpdatesWriter(kafka, "tu-stop")
+    try:
+        relay = relay_for(server, writer).start()
+        aapl = entry(tc, "AAPL", 10)
+        server.fill(client_order_id(RUN, aapl), price=100.0)
+        wait(lambda: relay.counts["updates"] >= 2)
+        caplog.clear()
+        relay.stop()
+        relay.check()
+    finally:
+        writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    events = [r.event for _, _, r in read_topic(kafka, "tu-stop", [0]) if isinstance(r, TradeUpdate)]
+    assert events == ["new", "fill"]
+    assert all(c.closed_at is not None for c in server.trading_connections())

@@ -91,3 +91,24 @@ def test_a_trading_run_that_cannot_start_says_why_in_one_line_with_exit_2(monkey
     err = capsys.readouterr().err
     assert code == 2 and needle in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_broker_clock_settings_of_cuts_run_are_in_its_help():
+    from dataflows.cli.main import build_parser
+
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    for flag in ("--clock-poll-s", "--grace-s", "--clock-refresh-s"):
+        metavar = flag[2:].upper().replace("-", "_")
+        assert f"{flag} {metavar} with --alpaca: " in text, flag
+    assert "with --alpaca: how often the relay takes the broker's time" in text
+    assert "0 reads it every time (default 15)" in text and "(default 1.5)" in text
+
+
+@pytest.mark.parametrize("flag,value", [("--grace-s", "-1"), ("--clock-poll-s", "0"), ("--clock-refresh-s", "x")])
+def test_a_bad_broker_clock_setting_is_one_line_and_exit_2(capsys, flag, value):
+    from dataflows.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--alpaca", flag, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and len(err.strip().splitlines()) == 1

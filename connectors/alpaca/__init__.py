@@ -9,6 +9,8 @@ Pure mapping (no I/O, tested on recorded payloads):
   `broker`         orders -> alpaca-py requests (`to_order_request`, OCO protection,
                    deterministic client_order_id), plus `AlpacaBroker`, its submitting half
   `trade_updates`  Alpaca trade updates / order lists -> `TradeUpdate`s of our orders
+  `order_history`  the order history's rows (`OrderEvent`: one per state change) and
+                   trade updates -> rows
   `reconcile`      the broker's positions and orders against a run's, one status per symbol
   `errors`         the one-line errors of these connectors (no alpaca-py import)
 

@@ -137,6 +137,7 @@ class Submitted:
     client_order_id: str
     status: str
     adopted: bool  # the order already existed (a replay): adopted, not placed again
+    detail: str = ""
 
 
 class AlpacaBroker:

@@ -17,10 +17,12 @@ A refusal (`BrokerRejected`), or a broker still unavailable after the retries,
 goes back to the flow as a `submit_failed` trade update (it counts toward the
 order-failure circuit breaker) through `publish`, stamped with the minute the
 order was meant for (decision bar + 60 s): that minute is already applied, so
-the flow takes it before its next bars, in replay as live. Every call is recorded as a
-`BrokerOrderRecord` (ClickHouse table `broker_orders`): the broker's id and
-status, whether it was adopted, and the latency from the decision bar's close
-to the sink and from the sink to the broker's answer.
+the flow takes it before its next bars, in replay as live. Every request
+leaves its rows in the order history (`connectors.alpaca.order_history`,
+ClickHouse table `broker_orders`): decided, sent, and accepted, adopted (the
+broker already held it: a replay after a restart), refused or skipped, with
+the broker's id and status, the decision's age by the broker's clock and the
+call's duration by the local one.
 
 `ProtectOnFill` is the reaction the trade-updates relay runs on each update:
 an entry filled in one piece gets its OCO within milliseconds, from the fill
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import requests
 from alpaca.common.exceptions import APIError
@@ -48,6 +50,7 @@ from connectors.alpaca.broker import (
     to_stop_replace,
     to_tick,
 )
+from connectors.alpaca.order_history import OrderEvent
 from operators.types import BUY, SELL, Order, TradeUpdate
 
 log = logging.getLogger(__name__)
@@ -57,78 +60,79 @@ OPEN = frozenset({"new", "partially_filled", "accepted", "pending_new", "held", 
                   "pending_replace", "accepted_for_bidding", "calculated", "done_for_day"})
 
 
-@dataclass(slots=True)
-class BrokerOrderRecord:
-    order_id: str
-    client_order_id: str
-    intent: str
-    symbol: str
-    side: str
-    qty: int
-    decided_ts: int
-    decision_price: float
-    broker_order_id: str
-    status: str  # the broker's, or failed | skipped
-    adopted: bool
-    detail: str
-    acked_at_ms: int
-    decision_lag_ms: float  # the decision bar's close -> this sink
-    submit_ms: float  # this sink -> the broker's answer
-
-
 def _status(order) -> str:
     status = getattr(order, "status", "")
     return str(getattr(status, "value", status))
 
 
 class BrokerExecution:
-    """One order at a time, in decision order (the portfolio is one key)."""
+    """One order at a time, in decision order (the portfolio is one key).
+
+    Every request leaves its history (`connectors.alpaca.order_history`),
+    handed to `record(rows)` once the broker answered: `decided` (at the
+    decision bar's close), `sent` (when it went out) and its outcome
+    `accepted` / `adopted` / `refused` / `skipped`. Clocks: `broker_clock()`
+    is Alpaca's time (epoch seconds; what a decision's age and the rows'
+    times are read from), `clock()` the local monotonic clock (durations,
+    waits). `known_orders` ({client order id: (broker id, status)}: the
+    run's orders the broker listed at start-up, `known_since` on) answers
+    whether the broker already holds a replayed entry without asking it."""
 
     def __init__(self, broker: AlpacaBroker, publish, record, *, retries: int = 4,
-                 backoff_s: float = 0.5, cancel_wait_s: float = 5.0, clock=time.time,
-                 sleep=time.sleep, broker_clock=None, max_decision_age_s: float = 90.0):
+                 backoff_s: float = 0.5, cancel_wait_s: float = 5.0, clock=time.monotonic,
+                 sleep=time.sleep, broker_clock=time.time, max_decision_age_s: float = 90.0,
+                 known_orders: dict | None = None, known_since: float | None = None):
         self.broker, self.publish, self.record = broker, publish, record
         self.client, self.run_id = broker.client, broker.run_id
         self.retries, self.backoff_s, self.cancel_wait_s = retries, backoff_s, cancel_wait_s
         self.clock, self.sleep = clock, sleep
-        self.broker_clock = broker_clock or clock  # Alpaca's time: how old a decision is
+        self.broker_clock = broker_clock  # Alpaca's time: how old a decision is, when rows happened
         self.max_decision_age_s = max_decision_age_s
+        self.known = dict(known_orders or {})
+        self.known_since = known_since if known_orders is not None else None
 
     def _oco_cid(self, order: Order) -> str:
         oco = order.oco_id or (f"{order.parent_id}.oco" if order.parent_id else "")
         return client_order_id(self.run_id, oco) if oco else ""
 
-    def execute(self, order: Order) -> BrokerOrderRecord:
-        received = self.clock()
-        cid = client_order_id(self.run_id, order.order_id)
-        age = self.broker_clock() - (order.decided_ts + 60)
-        if order.intent == "entry" and age > self.max_decision_age_s:
+    def execute(self, order: Order) -> OrderEvent:
+        """Send one request; returns its outcome row (all its rows are recorded)."""
+        cid = (self._oco_cid(order) if order.intent in ("protect", "trail")
+               else client_order_id(self.run_id, order.order_id))
+        req = _Request(self, order, cid)
+        if order.intent == "entry" and req.age_s > self.max_decision_age_s:
             # a decision on old bars (a first run over a topic with history, a
-            # restart after downtime): never a market order at today's prices
-            detail = f"stale decision: its bar closed {age:,.0f} s ago"
+            # restart after downtime): never a market order at today's prices;
+            # but a replayed one the broker already holds is that order
+            held, checked = self._held(cid, order.decided_ts)
+            if held is not None:
+                self.known[cid] = held
+                return req.done("adopted", *held, f"replayed decision (its bar closed {req.age_s:,.0f} s "
+                                                  "ago): the broker already holds this order")
+            detail = f"stale decision: its bar closed {req.age_s:,.0f} s ago"
+            if not checked:
+                detail += "; whether the broker holds it could not be asked (unreachable)"
             self.publish(TradeUpdate(order.order_id, "expired", order.symbol, order.side,
                                      order.decided_ts + 60, detail=detail))
-            return self._record(order, cid, received, "", "skipped", False, detail)
+            return req.done("skipped", detail=detail)
         try:
             qty = order.qty
             if order.intent in MARKET_INTENTS and order.side == SELL and self._oco_cid(order):
                 qty = self._cancel_protection(self._oco_cid(order), order.qty)
                 if qty <= 0:
-                    return self._record(order, cid, received, "", "skipped", False,
-                                        "protective OCO already filled: position closed at the broker")
+                    return req.done("skipped", detail="protective OCO already filled: position closed "
+                                                      "at the broker")
             if order.intent in MARKET_INTENTS:
                 sent = order if qty == order.qty else replace(order, qty=qty)
-                done = self._retrying(lambda: self.broker.submit_order(sent))
+                done = self._retrying(req.sending(lambda: self.broker.submit_order(sent)))
             elif order.intent == "protect":
-                cid = self._oco_cid(order)
-                done = self._retrying(lambda: self.broker.submit(to_protection_request(
+                done = self._retrying(req.sending(lambda: self.broker.submit(to_protection_request(
                     self.run_id, order.parent_id, order.symbol, order.qty, order.stop_price,
-                    order.target_price, oco_order_id=order.oco_id or None)))
+                    order.target_price, oco_order_id=order.oco_id or None))))
             elif order.intent == "trail":
-                cid = self._oco_cid(order)
-                done = self._retrying(lambda: self._move_stop(cid, order.stop_price))
+                done = self._retrying(lambda: self._move_stop(cid, order.stop_price, req))
             elif order.intent == "cancel":
-                done = self._retrying(lambda: self._cancel(cid))
+                done = self._retrying(lambda: self._cancel(cid, req))
             else:
                 raise ValueError(f"unknown order intent {order.intent!r}")
         except (BrokerRejected, BrokerRetriable, requests.ConnectionError, requests.Timeout) as exc:
@@ -136,15 +140,18 @@ class BrokerExecution:
             if not isinstance(exc, BrokerRejected) and order.intent in MARKET_INTENTS | {"protect"}:
                 placed = self._placed_anyway(cid)
             if placed is not None:  # the broker took it before it stopped answering
-                return self._record(order, cid, received, str(placed.id), _status(placed), True, str(exc))
+                return req.done("adopted", str(placed.id), _status(placed), str(exc))
             if order.intent in MARKET_INTENTS or order.intent == "protect":
                 self.publish(TradeUpdate(order.order_id, "submit_failed", order.symbol,
                                          order.side, order.decided_ts + 60, detail=str(exc)))
             log.warning("broker refused %s %s: %s", order.intent, cid, exc)
-            return self._record(order, cid, received, "", "failed", False, str(exc))
+            return req.done("refused", detail=str(exc))
         if done is None:
-            return self._record(order, cid, received, "", "skipped", False, "nothing to do")
-        return self._record(order, cid, received, done.order_id, done.status, done.adopted, "")
+            return req.done("skipped", detail="the broker does not hold this order")
+        if order.intent == "entry":
+            self.known[cid] = (done.order_id, done.status)
+        return req.done("adopted" if done.adopted else "accepted", done.order_id, done.status,
+                        done.detail)
 
     # -- the calls ------------------------------------------------------------
     def _retrying(self, call):
@@ -157,6 +164,17 @@ class BrokerExecution:
                     raise
                 self.sleep(delay)
                 delay *= 2
+
+    def _held(self, cid: str, decided_ts: int) -> tuple[tuple[str, str] | None, bool]:
+        """((broker id, status) of the order when the broker holds it, else
+        None; whether that is known: False when the broker could not be asked)."""
+        if cid not in self.known and self.known_since is not None and decided_ts >= self.known_since:
+            return None, True  # the start-up listing covers it, and this run has not placed it since
+        try:  # held: its current status (the few replayed ones)
+            placed = self._get_by_cid(cid)
+        except (BrokerError, requests.ConnectionError, requests.Timeout):
+            return self.known.get(cid), cid in self.known
+        return (None if placed is None else (str(placed.id), _status(placed))), True
 
     def _placed_anyway(self, cid: str):
         """After the retries: is the order at the broker all the same?"""
@@ -195,7 +213,7 @@ class BrokerExecution:
                      for o in [oco, *(getattr(oco, "legs", None) or [])])
         return max(0, min(qty, int(float(oco.qty or 0) - filled)))
 
-    def _move_stop(self, cid: str, stop_price: float):
+    def _move_stop(self, cid: str, stop_price: float, req: "_Request"):
         oco = self._get_by_cid(cid)
         if oco is None:
             return None
@@ -204,18 +222,26 @@ class BrokerExecution:
             if leg_type == "stop" and _status(leg) in OPEN:
                 current = float(leg.stop_price or 0)
                 if to_tick(stop_price, "up") <= current:
-                    return None  # only ever up (a replayed, older raise does nothing)
+                    # a replayed, older raise: the broker's stop is already there or higher
+                    return Submitted(str(leg.id), cid, _status(leg), adopted=True,
+                                     detail=f"stop already at {current:g}: only ever up")
+                req.sent()
                 try:
                     new = self.client.replace_order_by_id(str(leg.id), to_stop_replace(stop_price))
                 except APIError as exc:
                     raise _typed(exc, cid) from None
                 return Submitted(str(new.id), cid, _status(new), adopted=False)
-        return None
+        return Submitted(str(oco.id), cid, _status(oco), adopted=True,
+                         detail="no open stop leg: the OCO has ended")
 
-    def _cancel(self, cid: str):
+    def _cancel(self, cid: str, req: "_Request"):
         order = self._get_by_cid(cid)
-        if order is None or _status(order) not in OPEN:
+        if order is None:
             return None
+        if _status(order) not in OPEN:
+            return Submitted(str(order.id), cid, _status(order), adopted=True,
+                             detail="nothing to cancel: the order has ended")
+        req.sent()
         try:
             self.client.cancel_order_by_id(str(order.id))
         except APIError as exc:
@@ -223,15 +249,85 @@ class BrokerExecution:
                 raise _typed(exc, cid) from None
         return Submitted(str(order.id), cid, "pending_cancel", adopted=False)
 
-    def _record(self, order: Order, cid: str, received: float, broker_id: str, status: str,
-                adopted: bool, detail: str) -> BrokerOrderRecord:
-        acked = self.clock()
-        rec = BrokerOrderRecord(
-            order.order_id, cid, order.intent, order.symbol, order.side, order.qty, order.decided_ts,
-            order.decision_price, broker_id, status, adopted, detail[:500], int(acked * 1000),
-            (received - (order.decided_ts + 60)) * 1000, (acked - received) * 1000)
-        self.record(rec)
-        return rec
+
+class _Request:
+    """The history rows of one request, recorded together once it is done."""
+
+    def __init__(self, ex: BrokerExecution, order: Order, cid: str):
+        self.ex, self.order, self.cid = ex, order, cid
+        self.started = ex.clock()
+        received = ex.broker_clock()
+        self.age_s = received - (order.decided_ts + 60)
+        self.rows = [self._row("decided", (order.decided_ts + 60) * 1000, "bar")]
+        self._sent = False
+
+    def _row(self, event: str, at: int, clock: str, **kw) -> OrderEvent:
+        o = self.order
+        return OrderEvent(self.cid, at, event, clock, "sink", order_id=o.order_id, intent=o.intent,
+                          symbol=o.symbol, side=o.side, qty=o.qty, decided_ts=o.decided_ts,
+                          decision_price=o.decision_price, **kw)
+
+    def _now_ms(self) -> int:
+        return int(self.ex.broker_clock() * 1000)
+
+    def sent(self) -> None:
+        """The request goes to the broker now (once, whatever the retries)."""
+        if not self._sent:
+            self._sent = True
+            self.rows.append(self._row("sent", self._now_ms(), "broker",
+                                       decision_lag_ms=self.age_s * 1000))
+
+    def sending(self, call):
+        def go():
+            self.sent()
+            return call()
+        return go
+
+    def done(self, event: str, broker_order_id: str = "", status: str = "", detail: str = "") -> OrderEvent:
+        outcome = self._row(event, self._now_ms(), "broker", broker_order_id=broker_order_id,
+                            status=status, detail=detail[:500], decision_lag_ms=self.age_s * 1000,
+                            submit_ms=(self.ex.clock() - self.started) * 1000)
+        self.rows.append(outcome)
+        self.ex.record(self.rows)
+        return outcome
+
+
+class RecordingBroker:
+    """An `AlpacaBroker` whose submissions leave their history rows (`sent`,
+    then `accepted` / `adopted` / `refused`; source `relay`, no decision of
+    the flow): the trade-updates relay protects a filled entry through it.
+    A failure to record is logged, never in the way of the protection."""
+
+    def __init__(self, broker: AlpacaBroker, record, *, broker_clock=time.time, clock=time.monotonic):
+        self.broker, self.record = broker, record
+        self.client, self.run_id = broker.client, broker.run_id
+        self.broker_clock, self.clock = broker_clock, clock
+
+    def submit(self, request) -> Submitted:
+        cid = request.client_order_id
+        prefix = f"{self.run_id}."
+        base = {"order_id": cid[len(prefix):] if cid.startswith(prefix) else "", "intent": "protect",
+                "symbol": request.symbol, "side": str(getattr(request.side, "value", request.side)),
+                "qty": int(float(request.qty or 0))}
+        started = self.clock()
+        rows = [OrderEvent(cid, int(self.broker_clock() * 1000), "sent", "broker", "relay", **base)]
+
+        def outcome(event: str, **kw) -> None:
+            rows.append(OrderEvent(cid, int(self.broker_clock() * 1000), event, "broker", "relay",
+                                   submit_ms=(self.clock() - started) * 1000, **base, **kw))
+            try:
+                self.record(rows)
+            except Exception as exc:  # ClickHouse: the order stands, its rows are lost
+                log.error("history of %s not recorded: %s", cid, str(exc).splitlines()[0][:300])
+
+        try:
+            done = self.broker.submit(request)
+        except BrokerError as exc:
+            outcome("refused", detail=str(exc)[:500])
+            raise
+        outcome("adopted" if done.adopted else "accepted", broker_order_id=done.order_id,
+                status=done.status)
+        return done
 
 
 def _typed(exc: APIError, cid: str) -> Exception:

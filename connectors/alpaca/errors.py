@@ -31,3 +31,8 @@ class TradingUsageError(ValueError):
 
 class CalendarUnavailable(Exception):
     """The broker's calendar could not be read: retry later or start without trading."""
+
+
+class TradingStopped(RuntimeError):
+    """A trading run stopped because a part it cannot trade without failed
+    for good (the trade-updates relay): one line, exit 2."""

@@ -77,8 +77,9 @@ class _Pump:
     markers, the watchdog and the periodic counts. Runs on one thread."""
 
     def __init__(self, s: StreamSettings, producer, dead_letters, history, stream: BarStream,
-                 clock: Callable[[], float], resume=None):
+                 clock: Callable[[], float], resume=None, stop: threading.Event | None = None):
         self.s, self.producer, self.dlq = s, producer, dead_letters
+        self.stop = stop or threading.Event()
         self.history, self.stream = history, stream
         self.clock = clock
         self.counters = StreamCounters()
@@ -168,6 +169,8 @@ class _Pump:
     def _complete(self, now: float) -> None:
         done = self.completer
         for _ in range(1000):
+            if self.stop.is_set():  # a long catch-up: the restart backfills the rest again
+                return
             action = done.step(now)
             if action is None:
                 return
@@ -216,7 +219,8 @@ class _Pump:
 
 def run_stream(s: StreamSettings, stop: threading.Event,
                clock: Callable[[], float] = time.time) -> StreamCounters:
-    """Stream until `stop` is set (then flush and close; counters returned).
+    """Stream until `stop` is set (anything with `is_set()`: a `threading.Event`,
+    `dataflows.stop.StopRequest`; then flush and close; counters returned).
     Raises `StreamRejected` (fatal Alpaca error), Kafka connector errors."""
     from connectors.kafka.admin import ensure_topic
     from connectors.kafka.producer import BarProducer
@@ -233,7 +237,7 @@ def run_stream(s: StreamSettings, stop: threading.Event,
         dlq = _DeadLetters(s.bootstrap, s.dead_letter_topic, s.feed) if s.dead_letter_topic else None
         events: queue.Queue = queue.Queue()
         stream = BarStream(s, events, clock)
-        pump = _Pump(s, producer, dlq, history, stream, clock, resume)
+        pump = _Pump(s, producer, dlq, history, stream, clock, resume, stop)
         thread = threading.Thread(target=stream.run, name="alpaca-stream", daemon=True)
         thread.start()
         try:
@@ -253,7 +257,6 @@ def run_stream(s: StreamSettings, stop: threading.Event,
                 if ok:
                     raise
                 log.error("bars still queued at the stop were not all written: %s", exc)
-            log.info("stream stopped: %s", pump.counters.line())
         return pump.counters
     finally:
         if dlq is not None:

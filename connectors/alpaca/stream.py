@@ -87,16 +87,25 @@ _EMPTY_FRAME = msgpack.packb([])
 
 
 class _FrameTap:
-    """alpaca-py's websocket, with frames it would drop handed to `dead`."""
+    """alpaca-py's websocket, with frames it would drop handed to `dead`.
 
-    def __init__(self, ws, dead: Callable[[str, bytes], None]):
-        self._ws, self._dead = ws, dead
+    A normal close that we asked for (`closing()`: a stop) reads as an empty
+    frame, so alpaca-py's loop sees its stop request and ends quietly instead
+    of logging "data websocket error, restarting connection: sent 1000 (OK)"."""
+
+    def __init__(self, ws, dead: Callable[[str, bytes], None], closing: Callable[[], bool] = lambda: False):
+        self._ws, self._dead, self._closing = ws, dead, closing
 
     def __getattr__(self, name):
         return getattr(self._ws, name)
 
     async def recv(self):
-        raw = await self._ws.recv()
+        try:
+            raw = await self._ws.recv()
+        except websockets.ConnectionClosedOK:
+            if self._closing():
+                return _EMPTY_FRAME
+            raise
         if not isinstance(raw, bytes):
             self._dead("text frame (the stream speaks msgpack)", raw.encode("utf-8", "replace"))
             return _EMPTY_FRAME
@@ -142,6 +151,7 @@ class BarStream(StockDataStream):
         self._subscriber: asyncio.Task | None = None
         self._covered = False
         self._closing = False
+        self._starting: asyncio.Future | None = None
         self.fatal: StreamRejected | None = None
         # registers the symbols (nothing is sent before run)
         self.subscribe_bars(self._unused, *settings.symbols)
@@ -172,7 +182,21 @@ class BarStream(StockDataStream):
             raise
         except Exception as exc:  # refused, DNS, bad greeting: one line, then backoff
             raise StreamFailure(f"cannot connect to {self._endpoint}: {type(exc).__name__}: {exc}") from None
-        self._ws = _FrameTap(self._ws, self._dead)
+        self._ws = _FrameTap(self._ws, self._dead, lambda: self._closing)
+
+    async def _start_ws(self) -> None:
+        """Connect and authenticate; a stop meanwhile ends it at once and
+        quietly (alpaca-py would log the aborted connect as an error)."""
+        self._starting = asyncio.ensure_future(super()._start_ws())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # alpaca-py goes on to subscribe (nothing is sent without a socket)
+            # and to read, finds its stop request and ends
+        finally:
+            self._starting = None
 
     async def _auth(self) -> None:
         await self._ws.send(msgpack.packb({"action": "auth", "key": self._api_key,
@@ -282,6 +306,8 @@ class BarStream(StockDataStream):
 
     async def _shutdown(self) -> None:
         await self.stop_ws()
+        if self._starting is not None:
+            self._starting.cancel()
         if self._ws is not None:
             await self._ws.close()
 

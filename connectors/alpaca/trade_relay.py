@@ -134,6 +134,9 @@ class TradeUpdateRelay:
     `RelayStream` events on `events`), `wall()` (monotonic seconds).
     `on_update(update)` runs after each live update is written (e.g.
     `connectors.alpaca.broker_sink.ProtectOnFill`); its errors are logged only.
+    `on_published(updates, source)` runs after each write of the broker's
+    updates (source `trade_updates`: the stream; `order_list`: a catch-up),
+    e.g. to record the order history; its errors are logged only.
     `since`: orders submitted after it are caught up (default: `catch_up_s`
     before the broker's time at start)."""
 
@@ -141,14 +144,15 @@ class TradeUpdateRelay:
                  paper: bool = True, stream_url: str | None = None, rest_url: str | None = None,
                  clock_poll_s: float = 1.0, grace_s: float = 1.5, since: datetime | None = None,
                  catch_up_s: float = 86_400.0, connect_timeout_s: float = 10.0,
-                 on_update: Callable[[TradeUpdate], None] | None = None, trading_client=None,
+                 on_update: Callable[[TradeUpdate], None] | None = None,
+                 on_published: Callable[[list, str], None] | None = None, trading_client=None,
                  broker_clock: Callable[[], float] | None = None,
                  stream_factory: Callable[[queue.Queue], object] | None = None,
                  wall: Callable[[], float] = time.monotonic):
         self.run_id, self.writer = run_id, writer
         self.clock_poll_s, self.grace_s = clock_poll_s, grace_s
         self.since, self.catch_up_s, self.connect_timeout_s = since, catch_up_s, connect_timeout_s
-        self.on_update, self.wall = on_update, wall
+        self.on_update, self.on_published, self.wall = on_update, on_published, wall
         self.client = trading_client or TradingClient(key, secret, paper=paper, url_override=rest_url)
         self._broker_clock = broker_clock or (lambda: self.client.get_clock().timestamp.timestamp())
         self._stream_factory = stream_factory or (lambda events: RelayStream(
@@ -181,13 +185,16 @@ class TradeUpdateRelay:
         for t in self._threads:
             t.start()
         deadline = self.wall() + self.connect_timeout_s + 30.0
-        while not self._ready.wait(0.05):
-            if self.error is not None or self.wall() > deadline:
-                self.stop()
-                if self.error is None:
-                    raise AlpacaUnavailable("the trade-updates stream did not start listening within "
-                                            f"{self.connect_timeout_s:g} s (+ the catch-up)")
-                raise self.error
+        try:
+            while not self._ready.wait(0.05):
+                if self.error is not None or self.wall() > deadline:
+                    if self.error is None:
+                        raise AlpacaUnavailable("the trade-updates stream did not start listening within "
+                                                f"{self.connect_timeout_s:g} s (+ the catch-up)")
+                    raise self.error
+        except BaseException:  # that error, or a stop (SIGINT / SIGTERM) while it connects
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -274,6 +281,7 @@ class TradeUpdateRelay:
                     self.on_update(u)
                 except Exception as exc:  # a reaction must never stop the relay
                     log.warning("trade-updates relay: on_update(%s) failed: %s", u.order_id, _one_line(exc))
+            self._published([u], "trade_updates")
         elif kind == "listening":
             self._listening = True
             # what happened while nobody listened is only in the order list:
@@ -290,6 +298,13 @@ class TradeUpdateRelay:
             self._epoch += 1
         elif kind == "fatal":
             raise item[1]
+
+    def _published(self, updates: list, source: str) -> None:
+        if self.on_published is not None and updates:
+            try:
+                self.on_published(updates, source)
+            except Exception as exc:  # a record of what happened must never stop the relay
+                log.error("trade-updates relay: on_published failed: %s", _one_line(exc))
 
     def _mark(self, t: int) -> None:
         if self.last_marker is not None and t <= self.last_marker:
@@ -334,6 +349,7 @@ class TradeUpdateRelay:
         updates = catch_up_updates(orders, self.run_id, self.leg_parents, self._catch_up_since)
         self.writer.publish_many(updates)
         self.counts["caught_up"] += len(updates)
+        self._published(updates, "order_list")
         log.info("trade-updates relay: caught up %d updates from the order list", len(updates))
         self._catch_up_pending = False
         self._ready.set()

@@ -23,6 +23,27 @@ class AlpacaAuthFailed(AlpacaRejected):
 
 
 # ---------------------------------------------------------------- the stream
+class _QuietClose:
+    """alpaca-py's websocket; a normal close we asked for (a stop) reads as an
+    empty message, so alpaca-py's loop sees its stop request and ends quietly
+    instead of logging "trading stream websocket error, restarting
+    connection: sent 1000 (OK)"."""
+
+    def __init__(self, ws, closing):
+        self._ws, self._closing = ws, closing
+
+    def __getattr__(self, name):
+        return getattr(self._ws, name)
+
+    async def recv(self):
+        try:
+            return await self._ws.recv()
+        except websockets.ConnectionClosedOK:
+            if self._closing():
+                return "{}"
+            raise
+
+
 class _StreamFailure(websockets.WebSocketException):
     """Raised inside alpaca-py's loop: it closes, backs off and reconnects."""
 
@@ -31,7 +52,8 @@ class RelayStream(TradingStream):
     """alpaca-py's TradingStream putting ("update", msg), ("listening",),
     ("closed",) and ("fatal", exc) on `events`. Overrides: `_auth` (a timeout;
     `unauthorized` is fatal, not retried forever), `_dispatch` (sees
-    `listening`), `close`, `_connect` (refuses once stopping)."""
+    `listening`), `close`, `_connect` (refuses once stopping; our own close
+    is no error: `_QuietClose`)."""
 
     def __init__(self, key: str, secret: str, events: queue.Queue, *, paper: bool = True,
                  url: str | None = None, connect_timeout_s: float = 10.0):
@@ -40,6 +62,7 @@ class RelayStream(TradingStream):
                                            "open_timeout": connect_timeout_s, "max_queue": 1024})
         self._events, self._timeout = events, connect_timeout_s
         self._closing = False
+        self._starting: asyncio.Future | None = None
         self.subscribe_trade_updates(self._unused)  # alpaca-py listens only with a handler
 
     async def _unused(self, _msg) -> None:  # _dispatch below delivers instead
@@ -55,6 +78,20 @@ class RelayStream(TradingStream):
             self._halt()
             raise _StreamFailure("stopping")
         await super()._connect()
+        self._ws = _QuietClose(self._ws, lambda: self._closing)
+
+    async def _start_ws(self) -> None:
+        """Connect, authenticate, listen; a stop meanwhile ends it at once and
+        quietly (alpaca-py would log the aborted connect as an error)."""
+        self._starting = asyncio.ensure_future(super()._start_ws())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # alpaca-py goes on to read, finds its stop request and ends
+        finally:
+            self._starting = None
 
     async def _auth(self) -> None:
         await self._ws.send(json.dumps({"action": "authenticate", "data": {
@@ -96,6 +133,8 @@ class RelayStream(TradingStream):
 
     async def _shutdown(self) -> None:
         await self.stop_ws()
+        if self._starting is not None:
+            self._starting.cancel()
         if self._ws is not None:
             await self._ws.close()
 

@@ -2,7 +2,8 @@
 (`chdb:///dir`) and a server (`http://host:8123`).
 
 Pure mapping (no I/O):
-  `schema`           the run tables (`TABLES`, `ddl`) and events -> columns (`to_columns`)
+  `schema`           the run tables (`TABLES`, `ddl`), the views (`VIEWS`: the order
+                     history's current state) and events -> columns (`to_columns`)
 
 I/O:
   `client`           `open_client` (one per DSN and process), `ensure_schema`,

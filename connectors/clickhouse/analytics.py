@@ -261,22 +261,42 @@ def format_report(perf: dict, breakdowns: dict[str, list[dict]], counts: dict) -
     return "\n".join(out) + "\n"
 
 
-def broker_summary(client, run_id: str) -> list[list[str]]:
-    """Calls to the broker of a trading run, by intent and status: how many,
-    adopted after a restart, and the latency from the decision bar's close to
-    the sink and from the sink to Alpaca's answer (p50 / p99, ms). Empty for
-    a backtest."""
-    rows = client.query(
-        "SELECT intent, status, count(), countIf(adopted), "
+def broker_summary(client, run_id: str) -> dict[str, list[list[str]]]:
+    """The broker side of a trading run, from its order history
+    (`broker_orders`): `requests`, the sink's and the relay's requests by
+    intent and outcome (accepted, adopted after a restart, refused,
+    skipped), with the decision's age when the sink took it (broker clock)
+    and the call's duration (local clock), p50 / p99 in ms; `orders`, the
+    orders by their first intent and current state (`broker_order_state`).
+    Empty for a backtest."""
+    requests = client.query(
+        "SELECT intent, event, count(), "
         "quantile(0.5)(decision_lag_ms), quantile(0.99)(decision_lag_ms), "
         "quantile(0.5)(submit_ms), quantile(0.99)(submit_ms) "
         "FROM thousandcuts.broker_orders FINAL WHERE run_id = {r:String} "
-        "GROUP BY intent, status ORDER BY intent, status", parameters={"r": run_id}).result_rows
-    return [[intent, status, str(n), str(adopted), *(f"{v:,.0f}" for v in lat)]
-            for intent, status, n, adopted, *lat in rows]
+        "AND event IN ('accepted', 'adopted', 'refused', 'skipped') "
+        "GROUP BY intent, event ORDER BY intent, event", parameters={"r": run_id}).result_rows
+    orders = client.query(
+        "SELECT intent, status, count(), sum(filled_qty) FROM thousandcuts.broker_order_state "
+        "WHERE run_id = {r:String} GROUP BY intent, status ORDER BY intent, status",
+        parameters={"r": run_id}).result_rows
+    if not requests and not orders:
+        return {}
+    return {"requests": [[intent, event, str(n), *(_ms(v) for v in lat)]
+                         for intent, event, n, *lat in requests],
+            "orders": [[intent or "-", status or "-", str(n), str(filled)]
+                       for intent, status, n, filled in orders]}
 
 
-def format_broker_summary(rows: list[list[str]]) -> str:
-    return "\n".join(["", "Broker orders (latency in ms: decision bar close -> sink, sink -> Alpaca)",
-                      _table(["intent", "status", "orders", "adopted", "lag p50", "lag p99", "submit p50",
-                              "submit p99"], rows)]) + "\n"
+def _ms(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.0f}"
+
+
+def format_broker_summary(summary: dict[str, list[list[str]]]) -> str:
+    return "\n".join([
+        "", "Broker orders: requests (ms: decision bar close -> sink by the broker's clock, "
+            "sink -> Alpaca's answer)",
+        _table(["intent", "outcome", "requests", "lag p50", "lag p99", "submit p50", "submit p99"],
+               summary.get("requests", [])),
+        "", "Broker orders: current state (order history, latest event)",
+        _table(["intent", "status", "orders", "filled qty"], summary.get("orders", []))]) + "\n"

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from operator import attrgetter
 
+from connectors.alpaca.order_history import RANK
+
 DATABASE = "thousandcuts"
 TS = "DateTime64(3, 'UTC')"
 
 # table -> (columns [(name, type, kind)], ORDER BY key). kind: "s" plain
-# attribute, "t" epoch seconds -> ms ticks, "r" filtered_reason ('' if None).
+# attribute, "t" epoch seconds -> ms ticks, "m" epoch milliseconds as they are,
+# "r" filtered_reason ('' if None).
 _F, _S, _I = "Float64", "String", "Int64"
 TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
     "bars": ([("symbol", _S, "s"), ("ts", TS, "t"), ("open", _F, "s"), ("high", _F, "s"),
@@ -54,13 +57,18 @@ TABLES: dict[str, tuple[list[tuple[str, str, str]], tuple[str, ...]]] = {
                   ("who", _S, "s"), ("why", _S, "s"), ("exits_queued", _I, "s"),
                   ("entries_canceled", _I, "s")],
                  ("control_id",)),
-    # live / paper: what was sent to the broker, its answer and how long it took
-    "broker_orders": ([("order_id", _S, "s"), ("client_order_id", _S, "s"), ("intent", _S, "s"),
-                       ("symbol", _S, "s"), ("side", _S, "s"), ("qty", _I, "s"), ("decided_ts", TS, "t"),
-                       ("decision_price", _F, "s"), ("broker_order_id", _S, "s"), ("status", _S, "s"),
-                       ("adopted", "Bool", "s"), ("detail", _S, "s"), ("acked_at_ms", _I, "s"),
-                       ("decision_lag_ms", _F, "s"), ("submit_ms", _F, "s")],
-                      ("client_order_id", "intent", "decided_ts")),
+    # live / paper: the history of every order at the broker, append-only, one
+    # row per state change (connectors.alpaca.order_history): a row replaces
+    # only its identical twin (a replayed decision, a fill seen twice)
+    "broker_orders": ([("client_order_id", _S, "s"), ("at", TS, "m"), ("event", _S, "s"),
+                       ("leg", _S, "s"), ("broker_order_id", _S, "s"), ("filled_qty", _I, "s"),
+                       ("intent", _S, "s"), ("decided_ts", TS, "t"), ("order_id", _S, "s"),
+                       ("symbol", _S, "s"), ("side", _S, "s"), ("qty", _I, "s"),
+                       ("decision_price", _F, "s"), ("clock", _S, "s"), ("source", _S, "s"),
+                       ("status", _S, "s"), ("fill_price", _F, "s"), ("detail", _S, "s"),
+                       ("decision_lag_ms", "Nullable(Float64)", "s"), ("submit_ms", "Nullable(Float64)", "s")],
+                      ("client_order_id", "at", "event", "leg", "broker_order_id", "filled_qty", "intent",
+                       "decided_ts")),
 }
 RUNS_COLUMNS: list[tuple[str, str]] = [
     ("run_id", _S), ("config_json", _S), ("started_at", TS), ("finished_at", f"Nullable({TS})"),
@@ -107,6 +115,36 @@ def _nullable(values, n: int) -> list:
     if any(v != v for v in out):  # NaN means absent
         out = [None if v != v else v for v in out]
     return out
+
+
+def current_state_sql(database: str = DATABASE) -> str:
+    """The view `broker_order_state`: one row per (run, client order id), the
+    order's current state from its history in `broker_orders` (the most
+    advanced event by `order_history.RANK`, the latest of those)."""
+    names = list(RANK)
+    rank = (f"transform(event, [{', '.join(repr(n) for n in names)}], "
+            f"[{', '.join(str(RANK[n]) for n in names)}], -1)")
+    return f"""SELECT run_id, client_order_id,
+       argMinIf(order_id, at, order_id != '') AS order_id,
+       argMinIf(intent, at, intent != '') AS intent,
+       any(symbol) AS symbol, any(side) AS side,
+       argMinIf(broker_order_id, at, broker_order_id != '' AND leg != 'stop') AS broker_order_id,
+       argMax(event, ({rank}, at)) AS last_event,
+       argMax(status, ({rank}, at)) AS status,
+       maxIf(filled_qty, leg = '') + maxIf(filled_qty, leg = 'target')
+           + maxIf(filled_qty, leg = 'stop') AS filled_qty,
+       countIf(event = 'sent') AS sends,
+       countIf(event = 'adopted') AS adoptions,
+       min(at) AS first_at, max(at) AS last_at
+FROM `{database}`.broker_orders FINAL
+GROUP BY run_id, client_order_id"""
+
+
+VIEWS = {"broker_order_state": current_state_sql}
+
+
+def view_ddl(view: str, database: str = DATABASE) -> str:
+    return f"CREATE OR REPLACE VIEW `{database}`.`{view}` AS {VIEWS[view](database)}"
 
 
 def ddl(table: str, database: str = DATABASE) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from connectors.alpaca.errors import CalendarUnavailable, TradingUsageError
+from connectors.alpaca.errors import CalendarUnavailable, TradingStopped, TradingUsageError
 from connectors.clickhouse import analytics
 from connectors.clickhouse.client import (
     ClickHouseUnavailable,
@@ -28,7 +28,7 @@ class UsageError(Exception):
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
-               RecoveryMismatch, TradingUsageError, CalendarUnavailable)
+               RecoveryMismatch, TradingUsageError, CalendarUnavailable, TradingStopped)
 
 
 def dispatch(command, args) -> int:
@@ -167,7 +167,8 @@ def _publish_progress(started: float):
             state["last"] = now
             rate = done / max(now - started, 1e-9)
             end = "" if tty and done < total else "\n"
-            print(f"\rpublished {done:,}/{total:,} bars ({rate:,.0f}/s)", end=end,
+            cr = "\r" if tty else ""
+            print(f"{cr}published {done:,}/{total:,} bars ({rate:,.0f}/s)", end=end,
                   file=sys.stderr, flush=True)
     return show
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -173,21 +171,19 @@ def stream_settings(args) -> StreamSettings:
 
 
 def cmd_stream(args) -> int:
+    """Streams until SIGINT / SIGTERM: a stop is how it ends (exit 0, one line
+    with the counts). A second signal while it stops ends it at once
+    (`dataflows.stop`, as every run)."""
     from connectors.alpaca.live import run_stream
+    from dataflows.stop import StopRequest, signal_name, stop_on_signals
 
     settings = stream_settings(args)
     _setup_logging()
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
+    stop = StopRequest()
+    with stop_on_signals(stop):
         counters = run_stream(settings, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print(f"stream stopped: {counters.line()}")
+    on = f" on {signal_name(stop.signum)}" if stop.signum is not None else ""
+    print(f"stream stopped{on}: {counters.line()}", flush=True)
     return 0
 
 

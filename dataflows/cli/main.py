@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from dataflows.cli import live_commands, reconcile_command, sweep_command
 from dataflows.cli.args import EXIT_USAGE
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
+from dataflows.cli.args import positive_seconds, seconds
+from dataflows.stop import RunInterrupted, StopSignal, exit_code, raise_on_signals, signal_name
 
 
 def _recovery_args(p: argparse.ArgumentParser) -> None:
@@ -57,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
     run.add_argument("--live", action="store_true", help="with --alpaca: the live account (real money)")
     run.add_argument("--trade-topic", help="topic of the broker's trade updates (default trade_updates.RUN_ID)")
-    run.add_argument("--clock-poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
-    run.add_argument("--grace-s", type=float, default=1.5, help=argparse.SUPPRESS)
-    run.add_argument("--clock-refresh-s", type=float, default=15.0, help=argparse.SUPPRESS)
+    run.add_argument("--clock-poll-s", type=positive_seconds, default=1.0,
+                     help="with --alpaca: how often the relay takes the broker's time for a marker "
+                          "(default 1.0)")
+    run.add_argument("--grace-s", type=seconds, default=1.5,
+                     help="with --alpaca: a broker time T is written as a marker this long after it was "
+                          "read; minute M is applied once the marker passes M + 60 (default 1.5)")
+    run.add_argument("--clock-refresh-s", type=seconds, default=15.0,
+                     help="with --alpaca: read Alpaca's clock (GET /v2/clock) this often and advance it "
+                          "with the local clock in between; 0 reads it every time (default 15)")
     run.add_argument("--trading-url", help=argparse.SUPPRESS)
     _recovery_args(run)
 
@@ -125,6 +134,18 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_on_signals()  # SIGTERM as SIGINT: one line and 128 + signal, never a traceback
+    try:
+        return _main(argv)
+    except StopSignal as stop:  # outside a flow (a flow's stop is RunInterrupted)
+        print(f"cuts: interrupted by {signal_name(stop.signum)}", file=sys.stderr)
+        return exit_code(stop.signum)
+    except KeyboardInterrupt:
+        print("cuts: interrupted", file=sys.stderr)
+        return exit_code(signal.SIGINT)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from dataflows.cli import (
         commands,  # heavy imports only after the arguments are valid
@@ -136,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 **sweep_command.COMMANDS}
     try:
         return commands.dispatch(handlers[args.command], args)
+    except RunInterrupted as stopped:  # a clean stop of a flow: its rows are stored
+        print(f"cuts: {stopped.line()}", file=sys.stderr)
+        return stopped.exit_code
     except user_errors as exc:
         print(f"cuts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -146,9 +170,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cuts: error: {cause}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("cuts: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
