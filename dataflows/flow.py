@@ -58,8 +58,8 @@ class FlowSettings:
 
 
 class SymbolLogic(StatefulBatchLogic):
-    """One symbol's validation, indicators and signals (columnar hot path), for
-    the union of the configurations' strategies (operators/signal_plan)."""
+    """One symbol's validation and every strategy type's signals (columnar hot
+    path), for the union of the configurations' strategies (operators/signal_plan)."""
 
     def __init__(self, plan: SignalPlan, resume: UnionSymbolState | None):
         self.plan = plan
@@ -78,7 +78,7 @@ class SymbolLogic(StatefulBatchLogic):
         return results, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        return copy.deepcopy(self.state)
+        return self.plan.snapshot(self.state)
 
 
 class PortfolioLogic(StatefulBatchLogic):

@@ -269,7 +269,9 @@ def run_trading(args, config, dsn: str, bootstrap: str) -> object:
             key, secret, run_id, writer, paper=mode == "paper", stream_url=stream_url,
             rest_url=rest_url, clock_poll_s=args.clock_poll_s, grace_s=args.grace_s,
             catch_up_s=CATCH_UP_S, trading_client=client, broker_clock=broker_clock,
-            on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct),
+            on_update=ProtectOnFill(broker, config.exit.stop_loss_pct, config.exit.take_profit_pct,
+                                    {sid: (x.stop_loss_pct, x.take_profit_pct)  # each strategy's own OCO
+                                     for sid, x in config.strategy_exits().items()}),
             on_published=history.record_updates,
         )
         relay.start()  # a stop (SIGINT, SIGTERM) while it connects: the finally below stops it

@@ -1,11 +1,11 @@
-"""The per-symbol stage on columns: validation, SMA windows and crossovers for
-a whole chunk of one symbol's bars at once (numpy), with the same results as
-the bar-at-a-time `symbol_stage` (a property test pins that).
+"""The per-symbol stage on columns: validation, then every strategy type's
+signals for a whole chunk of one symbol's bars at once (numpy), with the same
+results as the bar-at-a-time `symbol_stage` (a property test pins that).
 
 This is the hot loop of a backtest: a chunk of n bars costs a few numpy
-passes instead of n Python steps. Rolling sums come from cumulative sums of
-integer micro-dollar closes carried across chunks, so each bar is still O(1)
-and comparisons stay exact integers (spec section 2).
+passes instead of n Python steps. Each strategy type's `step_block`
+(`operators/strategies/`) carries its windows across chunks, so each bar is
+still O(1) and comparisons stay exact integers (spec sections 2 and 2a).
 """
 from __future__ import annotations
 
@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators.bars import RECENT_MINUTES, SYMBOL_RE
-from operators.config import CONSENSUS
-from operators.signals import SignalRules, filter_reason
-from operators.types import BUY, SELL, DeadLetter, Signal
-
-# Above this, products of window sums could overflow int64: use Python ints.
-_EXACT_LIMIT = 2**62
+from operators.signals import SignalRules
+from operators.strategies.sma_cross import SmaCrossBlockState
+from operators.types import DeadLetter
 
 
 @dataclass(slots=True)
@@ -56,10 +53,27 @@ class BarBlock:
 class ColumnarSymbolState:
     last_ts: int | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_MINUTES))
-    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     count: int = 0  # accepted bars so far
-    prev_rel: list | None = None  # per pair: -1/0/1 or None (undefined)
-    prev_agg: object = None  # majority: bool; weighted: (num, den)
+    # per strategy type of the rules (`SignalRules.groups`), its columnar state (made at the first bars)
+    strategies: list | None = None
+
+    @property
+    def tail(self) -> np.ndarray:
+        """The last closes (micro-dollars) the sma_cross windows hold."""
+        for state in self.strategies or ():
+            if isinstance(state, SmaCrossBlockState):
+                return state.tail
+        return np.zeros(0, dtype=np.int64)
+
+
+def snapshot_state(state: ColumnarSymbolState, rules: SignalRules) -> ColumnarSymbolState:
+    """A copy for recovery: the gate's memory, and each strategy type's state as
+    its own `snapshot` makes it."""
+    strategies = state.strategies
+    if strategies is not None:
+        strategies = [kind.snapshot(s) for (kind, _), s in zip(rules.groups, strategies)]
+    return ColumnarSymbolState(state.last_ts, deque(state.recent, maxlen=RECENT_MINUTES), state.count,
+                               strategies)
 
 
 def invalid_reasons(block: BarBlock) -> np.ndarray:
@@ -82,8 +96,8 @@ def invalid_reasons(block: BarBlock) -> np.ndarray:
 
 def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, origins,
                origin_prefix: str, out) -> BarBlock:
-    """Admit a chunk, update the SMA windows, append signals and dead letters to
-    `out` (a SymbolOutput); return the accepted bars."""
+    """Admit a chunk, update the strategies' windows, append signals and dead
+    letters to `out` (a SymbolOutput); return the accepted bars."""
     acc = admit_block(state, block, origins, origin_prefix, out)
     if len(acc):
         block_signals(state, rules, acc, out)
@@ -136,115 +150,23 @@ def _dead_letters(state, block, reasons, valid, accepted, running, origins, pref
 
 
 def block_signals(state: ColumnarSymbolState, rules: SignalRules, acc: BarBlock, out) -> None:
-    """Spec section 2 for accepted bars: SMA windows (`state`'s) and signals
-    into `out.signals` (passed) and `out.filtered`."""
-    m = len(acc)
-    micros = np.rint(acc.close * 1_000_000).astype(np.int64)
-    periods = rules.periods
-    pmax = periods[-1]
-    exact_int64 = (micros.max(initial=0) < _EXACT_LIMIT // (pmax * pmax * pmax)
-                   and (len(state.tail) == 0 or state.tail.max() < _EXACT_LIMIT // (pmax ** 3)))
-    series = np.concatenate((state.tail, micros))
-    if not exact_int64:
-        series = series.astype(object)
-    k = len(state.tail)  # closes before this chunk that are in `series`
-    csum = np.concatenate(([0], np.cumsum(series)))
-    before = state.count  # accepted bars before this chunk
-    # window sums ending at chunk bar j (global index before + j): csum[k+j+1] - csum[k+j+1-n]
-    end = np.arange(k + 1, k + m + 1)
-    counts = before + np.arange(1, m + 1)  # bars applied up to and including bar j
-    rel_now, defined_now = [], []
-    for p in rules.pairs:
-        s_fast = csum[end] - csum[np.maximum(end - p.fast, 0)]
-        s_slow = csum[end] - csum[np.maximum(end - p.slow, 0)]
-        left, right = s_fast * p.slow, s_slow * p.fast
-        rel = (left > right).astype(np.int8) - (left < right).astype(np.int8)
-        rel_now.append(rel)
-        defined_now.append(counts >= p.slow)
-    prev_rel = state.prev_rel or [None] * len(rules.pairs)
-    # relation at the previous bar for each chunk bar (first one from the state)
-    rel_prev, defined_prev = [], []
-    for i, rel in enumerate(rel_now):
-        r0 = prev_rel[i]
-        rel_prev.append(np.concatenate(([r0 if r0 is not None else 0], rel[:-1])).astype(np.int8))
-        defined_prev.append(np.concatenate(([r0 is not None], defined_now[i][:-1])))
+    """Every strategy type's signals of accepted bars (`state`'s windows), into
+    `out.signals` (passed) and `out.filtered`."""
+    if state.strategies is None:
+        state.strategies = [kind.new_block_state(r) for kind, r in rules.groups]
+    found = []
+    for (kind, type_rules), type_state in zip(rules.groups, state.strategies):
+        sigs = kind.step_block(type_rules, type_state, acc)
+        if sigs:
+            found.append(sigs)
+    state.count += len(acc)
+    if not found:
+        return
+    sigs = found[0] if len(found) == 1 else rules.in_order([s for group in found for s in group])
     signals: dict = out.signals
     filtered = out.filtered
-    agg = rules.aggregation
-    if agg == "independent":
-        for i, p in enumerate(rules.pairs):
-            both = defined_prev[i] & defined_now[i]
-            buys = np.flatnonzero(both & (rel_prev[i] <= 0) & (rel_now[i] > 0))
-            sells = np.flatnonzero(both & (rel_prev[i] >= 0) & (rel_now[i] < 0))
-            for j in buys.tolist():
-                _emit(rules, acc, j, p.strategy_id, BUY, p.confidence, signals, filtered)
-            for j in sells.tolist():
-                _emit(rules, acc, j, p.strategy_id, SELL, p.confidence, signals, filtered)
-    elif agg == "majority":
-        _majority(state, rules, acc, rel_now, defined_now, rel_prev, defined_prev, signals, filtered)
-    else:
-        _weighted(state, rules, acc, rel_now, defined_now, signals, filtered)
-    state.prev_rel = [int(r[-1]) if d[-1] else None for r, d in zip(rel_now, defined_now)]
-    keep = min(pmax, len(series))
-    state.tail = np.asarray(series[len(series) - keep:], dtype=np.int64) if exact_int64 else series[len(series) - keep:]
-    state.count = before + m
-
-
-def _majority(state, rules, acc, rel_now, defined_now, rel_prev, defined_prev, signals, filtered):
-    m = len(acc)
-    above = np.zeros(m, dtype=np.int64)
-    crossed = np.zeros(m, dtype=bool)
-    for i in range(len(rules.pairs)):
-        above += (defined_now[i] & (rel_now[i] > 0))
-        crossed |= defined_prev[i] & defined_now[i] & (rel_prev[i] <= 0) & (rel_now[i] > 0)
-    agree = above >= rules.min_agree
-    was = np.concatenate(([bool(state.prev_agg)], agree[:-1]))
-    buys = crossed & agree
-    sells = ~agree & was
-    for j in np.flatnonzero(buys | sells).tolist():
-        if buys[j]:
-            confs = [p.confidence for i, p in enumerate(rules.pairs)
-                     if defined_now[i][j] and rel_now[i][j] > 0]
-            _emit(rules, acc, j, CONSENSUS, BUY, sum(confs) / len(confs), signals, filtered)
+    for sig in sigs:
+        if sig.filtered_reason is None:
+            signals.setdefault(sig.ts, []).append(sig)
         else:
-            _emit(rules, acc, j, CONSENSUS, SELL, _mean_conf(rules), signals, filtered)
-    state.prev_agg = bool(agree[-1])
-
-
-def _weighted(state, rules, acc, rel_now, defined_now, signals, filtered):
-    m = len(acc)
-    num = np.zeros(m, dtype=np.int64)
-    den = np.zeros(m, dtype=np.int64)
-    for i, p in enumerate(rules.pairs):
-        num += np.where(defined_now[i], p.weight * rel_now[i].astype(np.int64), 0)
-        den += np.where(defined_now[i], p.weight, 0)
-    tn, td = rules.threshold.numerator, rules.threshold.denominator
-    prev = state.prev_agg
-    for j in np.flatnonzero(den > 0).tolist():
-        cur = (int(num[j]), int(den[j]))
-        if prev is not None:
-            b_num, b_den = prev
-            if b_num * td <= tn * b_den and tn * cur[1] < cur[0] * td:
-                confs = [p.confidence for i, p in enumerate(rules.pairs)
-                         if defined_now[i][j] and rel_now[i][j] > 0]
-                _emit(rules, acc, j, CONSENSUS, BUY, sum(confs) / len(confs), signals, filtered)
-            elif b_num >= 0 > cur[0]:
-                _emit(rules, acc, j, CONSENSUS, SELL, _mean_conf(rules), signals, filtered)
-        prev = cur
-    state.prev_agg = prev
-
-
-def _mean_conf(rules) -> float:
-    return sum(p.confidence for p in rules.pairs) / len(rules.pairs)
-
-
-def _emit(rules, acc, j, strategy_id, side, confidence, signals, filtered) -> None:
-    ts = int(acc.ts[j])
-    sig = Signal(strategy_id, acc.symbol, side, ts, float(acc.close[j]), confidence,
-                 rules.take_profit_pct, rules.stop_loss_pct, rules.risk_reward)
-    sig.filtered_reason = filter_reason(side, confidence, rules.risk_reward, rules.min_confidence,
-                                        rules.min_risk_reward)
-    if sig.filtered_reason is None:
-        signals.setdefault(ts, []).append(sig)
-    else:
-        filtered.append(sig)
+            filtered.append(sig)

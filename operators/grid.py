@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from operators.config import ConfigError, TradingConfig, describe_validation_error
+from operators.config import ConfigError, TradingConfig, describe_validation_error, error_location
 
 DEFAULT_MAX_CONFIGS = 10_000
 OBJECTIVES = ("sharpe", "total_return", "profit_factor")
@@ -197,7 +197,7 @@ def _axis_of(axes: tuple, exc: ValidationError) -> str:
     """The axis a validation error is about: the one whose path shares the
     longest prefix with the error's location; every axis when none does (a
     rule across sections, such as min_agree above the number of strategies)."""
-    loc = tuple(str(p) for p in exc.errors()[0].get("loc", ()))
+    loc = tuple(str(p) for p in error_location(exc.errors()[0]))
     best, best_len = None, 0
     for a in axes:
         parts = tuple(a.path.split("."))

@@ -118,9 +118,11 @@ class BrokerPortfolio(LiveSafety, Portfolio):
                                 parent_id=p.entry_order_id, oco_id=oco))
                 if p.strategy_id in sells:
                     self._queue_exit(p, ts, close, "signal", out)
-                elif (ts - p.entry_time >= rules.time_stop_s
-                      and abs(close / p.entry_fill - 1) < rules.time_stop_min_move_pct):
-                    self._queue_exit(p, ts, close, "time_stop", out)
+                else:
+                    x = rules.exits[p.strategy_id]  # the strategy's own time stop
+                    if (ts - p.entry_time >= x.time_stop_s
+                            and abs(close / p.entry_fill - 1) < x.time_stop_min_move_pct):
+                        self._queue_exit(p, ts, close, "time_stop", out)
         # as the backtest: check the drawdown after a bar that filled or holds something
         filled = symbol in self.filled_since_bar
         if filled:
@@ -242,9 +244,10 @@ class BrokerPortfolio(LiveSafety, Portfolio):
         self.pending_entry_cash -= qty * o.decision_price
         self.last_close.setdefault(o.symbol, price)
         p = self.positions.get(key)
+        x = r.exits[o.strategy_id]  # the strategy's own stop and target (its OCO)
         if p is None:
             p = Position(o.symbol, o.strategy_id, qty, price, minute_of(ts), commission,
-                         price * (1 - r.stop_loss_pct), price * (1 + r.take_profit_pct), price,
+                         price * (1 - x.stop_loss_pct), price * (1 + x.take_profit_pct), price,
                          entry_order_id=o.order_id)
             self.positions[key] = p
             held = self.by_symbol.setdefault(o.symbol, [])
@@ -255,8 +258,8 @@ class BrokerPortfolio(LiveSafety, Portfolio):
             total = p.qty + qty
             p.entry_fill = (p.entry_fill * p.qty + price * qty) / total
             p.qty, p.entry_commission = total, p.entry_commission + commission
-            p.stop_price = p.entry_fill * (1 - r.stop_loss_pct)
-            p.target_price = p.entry_fill * (1 + r.take_profit_pct)
+            p.stop_price = p.entry_fill * (1 - x.stop_loss_pct)
+            p.target_price = p.entry_fill * (1 + x.take_profit_pct)
             p.hwm = max(p.hwm, price)
         out.fills.append(Fill(o.order_id, o.strategy_id, o.symbol, BUY, qty, ts, price, commission, "entry"))
 

@@ -38,16 +38,25 @@ class PendingOrder:
     position_key: tuple  # (symbol, strategy_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ExitRule:
+    """One strategy's exit settings (spec section 2: its own value, else its
+    type's default, else the top-level `exit` value), from
+    `TradingConfig.strategy_exits()`."""
+
+    stop_loss_pct: float
+    take_profit_pct: float
+    time_stop_s: int  # time_stop_minutes * 60
+    time_stop_min_move_pct: float
+
+
 @dataclass(slots=True)
 class Rules:
     strategy_order: dict  # strategy_id -> rank (configuration order)
-    stop_loss_pct: float
-    take_profit_pct: float
+    exits: dict  # strategy_id -> ExitRule: stop, target, time stop and sizing of its positions
     trailing: bool
     trailing_activation_pct: float
     trailing_pct: float
-    time_stop_s: int
-    time_stop_min_move_pct: float
     buy_slip: float
     sell_slip: float
     commission_per_share: float
@@ -63,10 +72,11 @@ class Rules:
         e, r, x = cfg.exit, cfg.risk, cfg.execution
         return cls(
             strategy_order={s: i for i, s in enumerate(cfg.strategy_ids())},
-            stop_loss_pct=e.stop_loss_pct, take_profit_pct=e.take_profit_pct,
+            exits={sid: ExitRule(se.stop_loss_pct, se.take_profit_pct, se.time_stop_minutes * 60,
+                                 se.time_stop_min_move_pct)
+                   for sid, se in cfg.strategy_exits().items()},
             trailing=e.trailing_stop, trailing_activation_pct=e.trailing_activation_pct,
-            trailing_pct=e.trailing_pct, time_stop_s=e.time_stop_minutes * 60,
-            time_stop_min_move_pct=e.time_stop_min_move_pct,
+            trailing_pct=e.trailing_pct,
             buy_slip=1 + x.slippage_bps / 10_000, sell_slip=1 - x.slippage_bps / 10_000,
             commission_per_share=x.commission_per_share,
             risk_per_trade_pct=r.risk_per_trade_pct, max_position_pct=r.max_position_pct,
@@ -189,11 +199,11 @@ class Portfolio:
                         sells = {s.strategy_id for s in signals if s.side == SELL} if signals else ()
                     if p.strategy_id in sells:
                         self._queue_exit(p, ts, close, "signal", out)
-                    elif (
-                        ts - p.entry_time >= rules.time_stop_s
-                        and abs(close / p.entry_fill - 1) < rules.time_stop_min_move_pct
-                    ):
-                        self._queue_exit(p, ts, close, "time_stop", out)
+                    else:
+                        x = rules.exits[p.strategy_id]  # the strategy's own time stop
+                        if (ts - p.entry_time >= x.time_stop_s
+                                and abs(close / p.entry_fill - 1) < x.time_stop_min_move_pct):
+                            self._queue_exit(p, ts, close, "time_stop", out)
 
         # Unchanged equity cannot newly breach the floor: skip the valuation.
         if moved and self.day_halt is None and (
@@ -251,8 +261,8 @@ class Portfolio:
             r = self.rules
             equity = self.equity()
             available = self.cash - self.pending_entry_cash
-            qty = math.floor(min(
-                equity * r.risk_per_trade_pct / (price * r.stop_loss_pct),
+            qty = math.floor(min(  # sized with the strategy's own stop
+                equity * r.risk_per_trade_pct / (price * r.exits[sig.strategy_id].stop_loss_pct),
                 equity * r.max_position_pct / price,
                 available / price,
             ))
@@ -303,9 +313,10 @@ class Portfolio:
         self.pending_entries -= 1
         if self.pending_entries == 0:
             self.pending_entry_cash = 0.0  # no float residue once nothing is pending
+        x = r.exits[o.strategy_id]  # the strategy's own stop and target
         position = Position(
             o.symbol, o.strategy_id, o.qty, fill, ts, commission,
-            fill * (1 - r.stop_loss_pct), fill * (1 + r.take_profit_pct), fill,
+            fill * (1 - x.stop_loss_pct), fill * (1 + x.take_profit_pct), fill,
         )
         self.positions[po.position_key] = position
         held = self.by_symbol.setdefault(o.symbol, [])

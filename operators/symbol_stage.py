@@ -15,7 +15,7 @@ from operators.types import Bar, DeadLetter, SymbolOutput
 @dataclass(slots=True)
 class SymbolState:
     gate: BarGate
-    engine: SignalEngine
+    engine: SignalEngine  # every strategy type's state of this symbol
 
     @classmethod
     def new(cls, rules: SignalRules) -> "SymbolState":

@@ -55,6 +55,7 @@ class Signal:
     stop_loss_pct: float
     risk_reward: float
     filtered_reason: Optional[str] = None  # set when min_confidence / min_risk_reward dropped it
+    strategy_type: str = "sma_cross"  # the `type` of its configuration entry (a consensus: sma_cross)
 
 
 @dataclass(slots=True)

@@ -48,12 +48,12 @@ class Session:
     """The market, the broker and the trading process, one minute at a time."""
 
     def __init__(self, tmp: Path, kafka: str, symbols=3, seed=11, topic="bars", run_id="paper1",
-                 trade_topic: str | None = ""):
+                 trade_topic: str | None = "", config: str = CONFIG, bars=None):
         self.tmp, self.kafka, self.topic, self.run_id = tmp, kafka, topic, run_id
         # each test its own broker account, so its own trade topic ("": one named after the bars
         # topic; None: the run's default, trade_updates.{run id})
         self.trade_topic = f"trade_updates.{topic}" if trade_topic == "" else trade_topic
-        bars = generate_bars(symbols, 1, seed=seed)
+        bars = generate_bars(symbols, 1, seed=seed) if bars is None else bars  # or a given frame
         self.bars_path = tmp / "bars.parquet"
         write_bars(bars, str(self.bars_path))
         self.minutes = {}
@@ -61,7 +61,7 @@ class Session:
             ts = int(row.timestamp.timestamp())
             self.minutes.setdefault(ts, []).append(
                 Bar(row.symbol, ts, row.open, row.high, row.low, row.close, row.volume))
-        (tmp / "cfg.yaml").write_text(CONFIG)
+        (tmp / "cfg.yaml").write_text(config)
         self.dsn = f"chdb://{tmp / 'ch'}"
         self.server = AlpacaServer(trading=True)
         self.server.__enter__()

@@ -12,6 +12,10 @@ Where the spec is silent, the reference follows the choices documented in
 docs/trading-decisions.md (each one marked "pinned" below), so that the
 streaming operators can be compared with it field by field.
 
+v2: strategy entries have a type (`sma_cross`, `panic_rebound`), an id and
+their own exit settings. The panic rule (section 2a) is evaluated the naive
+way: for every bar, its day's bars are counted and its windows re-scanned.
+
     result = run_reference(raw_bars_in_arrival_order, config)
     result.trades / orders / fills / rejections / dead / filtered / signals
 """
@@ -108,10 +112,44 @@ def relation(closes_micros, k, fast, slow):
     return (f > s) - (f < s)
 
 
-def make_signal(cfg: TradingConfig, sid, bar, side, confidence) -> Signal:
-    tp, sl = cfg.exit.take_profit_pct, cfg.exit.stop_loss_pct
+PANIC_EXIT_DEFAULTS = {"take_profit_pct": 0.015, "stop_loss_pct": 0.0075, "time_stop_minutes": 240}
+EXIT_NAMES = ("take_profit_pct", "stop_loss_pct", "time_stop_minutes", "time_stop_min_move_pct")
+
+
+def strategy_id(entry) -> str:
+    if entry.id:
+        return entry.id
+    if entry.type == "panic_rebound":
+        return f"panic_{entry.drop_window}_{round(entry.min_drop_pct * 10_000)}"
+    return f"sma_{entry.fast}_{entry.slow}"
+
+
+def exit_settings(cfg: TradingConfig) -> dict:
+    """strategy id -> {setting: value}: its own, else its type's default, else the top level."""
+    out = {"consensus": {n: getattr(cfg.exit, n) for n in EXIT_NAMES}}
+    for e in cfg.strategies:
+        values = {}
+        for n in EXIT_NAMES:
+            v = getattr(e.exit, n)
+            if v is None and e.type == "panic_rebound":
+                v = PANIC_EXIT_DEFAULTS.get(n)
+            values[n] = getattr(cfg.exit, n) if v is None else v
+        out[strategy_id(e)] = values
+    return out
+
+
+def configuration_order(cfg: TradingConfig) -> list:
+    if cfg.signals.aggregation == "independent":
+        return [strategy_id(e) for e in cfg.strategies]
+    sma = [e for e in cfg.strategies if e.type == "sma_cross"]
+    return (["consensus"] if sma else []) + [strategy_id(e) for e in cfg.strategies if e.type != "sma_cross"]
+
+
+def make_signal(cfg: TradingConfig, sid, bar, side, confidence, kind="sma_cross") -> Signal:
+    x = exit_settings(cfg)[sid]
+    tp, sl = x["take_profit_pct"], x["stop_loss_pct"]
     rr = tp / sl
-    sig = Signal(sid, bar.symbol, side, bar.ts, bar.close, confidence, tp, sl, rr)
+    sig = Signal(sid, bar.symbol, side, bar.ts, bar.close, confidence, tp, sl, rr, None, kind)
     if side == BUY:
         if confidence < cfg.signals.min_confidence:
             sig.filtered_reason = "low_confidence"
@@ -121,8 +159,57 @@ def make_signal(cfg: TradingConfig, sid, bar, side, confidence) -> Signal:
 
 
 def symbol_signals(cfg: TradingConfig, bars: list) -> list:
-    """Every signal (filtered ones too) of one symbol's accepted bars, in order."""
-    pairs = list(cfg.strategies)
+    """Every signal (filtered ones too) of one symbol's accepted bars: in bar
+    order, a bar's signals in configuration order."""
+    found = sma_signals(cfg, bars)
+    for e in cfg.strategies:
+        if e.type == "panic_rebound":
+            found += panic_signals(cfg, e, bars)
+    rank = {sid: i for i, sid in enumerate(configuration_order(cfg))}
+    return sorted(found, key=lambda s: (s.ts, rank[s.strategy_id]))
+
+
+def panic_signals(cfg: TradingConfig, e, bars: list) -> list:
+    """Section 2a, literally: bars numbered 1..k within their New York date."""
+    n, m = e.drop_window, e.volume_window
+    drop_bps = round(e.min_drop_pct * 10_000)
+    mult_c = round(e.volume_mult * 100)
+    sid = strategy_id(e)
+    dates = [ny_date(b.ts) for b in bars]
+
+    def micros(x):
+        return round(x * 10**6)
+
+    def day_bars(i):  # today's bars up to and including bar i, numbered 1..k (list index k-1)
+        return [b for b, d in zip(bars[:i + 1], dates[:i + 1]) if d == dates[i]]
+
+    def panic(today, j):  # bar j (1-based) of `today`
+        if j < n + m:
+            return False
+        drop_window = today[j - n:j]  # bars j-N+1 .. j
+        baseline = today[j - n - m:j - n]  # bars j-N-M+1 .. j-N
+        peak = max(micros(b.high) for b in drop_window)
+        drop = micros(today[j - 1].close) * 10_000 <= peak * (10_000 - drop_bps)
+        spike = (max(round(b.volume * 1000) for b in drop_window) * m * 100
+                 >= mult_c * sum(round(b.volume * 1000) for b in baseline))
+        return drop and spike
+
+    out = []
+    for i, bar in enumerate(bars):
+        today = day_bars(i)
+        k = len(today)
+        if k >= n + m + 1 and panic(today, k - 1):
+            prev = today[k - 2]
+            if micros(bar.close) > micros(bar.open) and micros(bar.close) > micros(prev.close):
+                out.append(make_signal(cfg, sid, bar, BUY, e.confidence, "panic_rebound"))
+    return out
+
+
+def sma_signals(cfg: TradingConfig, bars: list) -> list:
+    """Every sma_cross signal (filtered ones too) of one symbol's accepted bars, in order."""
+    pairs = [e for e in cfg.strategies if e.type == "sma_cross"]
+    if not pairs:
+        return []
     closes = [round(b.close * 10**6) for b in bars]
     agg = cfg.signals.aggregation
     # pinned: weights are the confidences' decimal text as exact fractions
@@ -137,9 +224,9 @@ def symbol_signals(cfg: TradingConfig, bars: list) -> list:
                 if b is None or n is None:
                     continue
                 if b <= 0 and n > 0:
-                    out.append(make_signal(cfg, p.strategy_id, bar, BUY, p.confidence))
+                    out.append(make_signal(cfg, strategy_id(p), bar, BUY, p.confidence))
                 elif b >= 0 and n < 0:
-                    out.append(make_signal(cfg, p.strategy_id, bar, SELL, p.confidence))
+                    out.append(make_signal(cfg, strategy_id(p), bar, SELL, p.confidence))
         elif agg == "majority":
             above = [p for p, n in zip(pairs, now) if n is not None and n > 0]
             crossed = any(b is not None and n is not None and b <= 0 < n for b, n in zip(before, now))
@@ -196,10 +283,8 @@ def run_reference(raw_bars, cfg: TradingConfig) -> ReferenceResult:
                 res.filtered.append(sig)
 
     ex, risk, exe = cfg.exit, cfg.risk, cfg.execution
-    if cfg.signals.aggregation == "independent":
-        strategy_ids = [p.strategy_id for p in cfg.strategies]
-    else:
-        strategy_ids = ["consensus"]
+    strategy_ids = configuration_order(cfg)
+    exits = exit_settings(cfg)  # each strategy's stop, target and time stop
 
     def buy_price(o):
         return o * (1 + exe.slippage_bps / 10_000)
@@ -262,8 +347,8 @@ def run_reference(raw_bars, cfg: TradingConfig) -> ReferenceResult:
                 positions[(sym, o.strategy_id)] = {
                     "symbol": sym, "strategy": o.strategy_id, "qty": o.qty, "fill": fill,
                     "entry_time": ts, "commission": commission,
-                    "stop": fill * (1 - ex.stop_loss_pct),
-                    "target": fill * (1 + ex.take_profit_pct),
+                    "stop": fill * (1 - exits[o.strategy_id]["stop_loss_pct"]),
+                    "target": fill * (1 + exits[o.strategy_id]["take_profit_pct"]),
                     "hwm": fill, "trailed": False, "exit_queued": False,
                 }
                 res.fills.append(Fill(o.order_id, o.strategy_id, sym, BUY, o.qty, ts, fill,
@@ -307,8 +392,8 @@ def run_reference(raw_bars, cfg: TradingConfig) -> ReferenceResult:
             intent = None
             if sid in sell_ids:
                 intent = "signal"
-            elif (ts - pos["entry_time"] >= ex.time_stop_minutes * 60
-                  and abs(bar.close / pos["fill"] - 1) < ex.time_stop_min_move_pct):
+            elif (ts - pos["entry_time"] >= exits[sid]["time_stop_minutes"] * 60
+                  and abs(bar.close / pos["fill"] - 1) < exits[sid]["time_stop_min_move_pct"]):
                 intent = "time_stop"
             if intent is not None:
                 o = Order(f"{sid}.{sym}.{ts}.exit", sid, sym, SELL, pos["qty"], ts, bar.close, intent)
@@ -344,7 +429,7 @@ def run_reference(raw_bars, cfg: TradingConfig) -> ReferenceResult:
                 available = cash - sum(o.qty * o.decision_price for o in pending_entries)
                 price = s.price
                 qty = math.floor(min(
-                    eq * risk.risk_per_trade_pct / (price * ex.stop_loss_pct),
+                    eq * risk.risk_per_trade_pct / (price * exits[s.strategy_id]["stop_loss_pct"]),
                     eq * risk.max_position_pct / price,
                     available / price,
                 ))

@@ -22,8 +22,9 @@ class Oco:
 
 
 class SpecBroker:
-    def __init__(self, stop_loss_pct=0.01, take_profit_pct=0.02, reject=()):
+    def __init__(self, stop_loss_pct=0.01, take_profit_pct=0.02, reject=(), by_strategy=None):
         self.sl, self.tp = stop_loss_pct, take_profit_pct
+        self.by_strategy = by_strategy or {}  # strategy id -> (stop_loss_pct, take_profit_pct)
         self.market = []  # open market orders (Order)
         self.ocos = {}  # entry id -> Oco
         self.reject = set(reject)  # order ids to refuse at submission
@@ -64,8 +65,8 @@ class SpecBroker:
             out.append(TradeUpdate(o.order_id, "fill", symbol, o.side, ts + 1, filled_qty=o.qty,
                                    fill_qty=o.qty, fill_price=open_))
             if o.side == BUY:  # the relay places the OCO at once, from the fill price
-                self.ocos[o.order_id] = Oco(o.order_id, symbol, o.qty, open_ * (1 - self.sl),
-                                            open_ * (1 + self.tp))
+                sl, tp = self.by_strategy.get(o.strategy_id, (self.sl, self.tp))
+                self.ocos[o.order_id] = Oco(o.order_id, symbol, o.qty, open_ * (1 - sl), open_ * (1 + tp))
         for entry_id, oco in list(self.ocos.items()):
             if oco.symbol != symbol:
                 continue

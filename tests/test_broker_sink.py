@@ -252,3 +252,24 @@ def test_a_stale_entry_the_broker_cannot_be_asked_about_is_skipped_saying_so(ser
                          known_since=1704207300 + 60)  # the decision is older than the listing
     rec = ex.execute(order())
     assert rec.event == "skipped" and "could not be asked" in rec.detail
+
+
+def test_an_entry_is_protected_with_its_own_strategys_stop_and_target(server):
+    """A panic entry's OCO at once from its own 0.75 % / 1.5 % (not the top level's 1 % / 2 %)."""
+    from operators.config import TradingConfig
+
+    config = TradingConfig.model_validate({"strategies": [
+        {"fast": 5, "slow": 15, "confidence": 0.7}, {"type": "panic_rebound"}]})
+    exits = {sid: (x.stop_loss_pct, x.take_profit_pct) for sid, x in config.strategy_exits().items()}
+    panic_id = "panic_15_150.AAPL.1704207300.entry"
+    h = Harness(server)
+    h.run(Order(panic_id, "panic_15_150", "AAPL", BUY, 10, 1704207300, 100.0, "entry"))
+    h.run(order())
+    server.fill(f"run1.{panic_id}", price=100.0)
+    server.fill(f"run1.{ENTRY_ID}", price=100.0)
+    hook = ProtectOnFill(h.broker, config.exit.stop_loss_pct, config.exit.take_profit_pct, exits)
+    for oid in (panic_id, ENTRY_ID):
+        hook(TradeUpdate(oid, "fill", "AAPL", BUY, 1704207361, filled_qty=10, fill_qty=10, fill_price=100.0))
+    ocos = {o["client_order_id"]: (float(o["legs"][0]["stop_price"]), float(o["limit_price"]))
+            for o in server.orders(status="open") if o["order_class"] == "oco" and o["legs"]}
+    assert ocos == {f"run1.{panic_id}.oco": (99.25, 101.5), f"run1.{ENTRY_ID}.oco": (99.0, 102.0)}

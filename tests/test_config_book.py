@@ -9,6 +9,7 @@ from dataclasses import astuple
 
 import pytest
 
+from connectors.config import load_trading_config
 from operators.calendar import trading_day
 from operators.config import TradingConfig
 from operators.grid import expand, parse_grid
@@ -40,6 +41,11 @@ def grid_configs():
 @pytest.fixture(scope="module")
 def items():
     return source_items(symbols=5, days=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def panic_items():
+    return source_items(symbols=8, days=4, seed=11)  # the generator plants panics
 
 
 def days_from_minutes(equity, cash):
@@ -89,11 +95,69 @@ def test_every_configuration_of_a_sweep_book_equals_its_backtest_alone(items):
     assert traded >= len(configs) - 3, "the generated market should make most configurations trade"
 
 
+def panic_configs():
+    """A grid over the panic detector's parameters (config/panic.yaml), then
+    configurations whose panic entries differ in what only labels their
+    signals (confidence, exits), carry two panic entries, or combine the SMA
+    pairs by majority / weighted beside the panic detector."""
+    base = load_trading_config("config/panic.yaml")
+    g = parse_grid({"axes": {"strategies.3.min_drop_pct": [0.01, 0.015],
+                             "strategies.3.volume_mult": [2.0, 3.0]}})
+    configs = [(c.config_id, c.config) for c in expand(g, base)]
+    doc = base.model_dump(mode="json")
+    panic = {**doc["strategies"][3], "min_drop_pct": 0.01, "volume_mult": 2.0}
+    extra = [
+        [panic | {"confidence": 0.6}],  # below min_confidence: filtered
+        [panic | {"exit": {"take_profit_pct": 0.01}}],  # risk/reward 1.33: filtered
+        [panic | {"exit": {"take_profit_pct": 0.02, "time_stop_minutes": 30}, "id": "dip"},
+         panic | {"drop_window": 10, "volume_window": 20}],
+    ]
+    for i, strategies in enumerate(extra):
+        configs.append((f"c{len(configs) + 1:03d}",
+                        TradingConfig.model_validate(doc | {"strategies": doc["strategies"][:3] + strategies})))
+    for signals, exit_ in (({"aggregation": "majority", "min_confidence": 0.6}, {}),
+                           ({"aggregation": "weighted", "min_confidence": 0.6}, {"take_profit_pct": 0.03})):
+        configs.append((f"c{len(configs) + 1:03d}", TradingConfig.model_validate(
+            doc | {"strategies": doc["strategies"][:3] + [panic],
+                   "signals": doc["signals"] | signals, "exit": doc["exit"] | exit_})))
+    return configs
+
+
+def test_every_panic_configuration_of_a_sweep_book_equals_its_backtest_alone(panic_items):
+    configs = panic_configs()
+    plan = SignalPlan.for_configs([c for _, c in configs])
+    # each distinct strategy instance once: the 3 pairs and 5 panic parameter sets in one
+    # group (confidence, exits and ids do not make another), then two consensus setups
+    alone = plan.groups[0]
+    assert len(plan.groups) == 3
+    assert len(alone.rules_of("sma_cross").pairs) == 3 and len(alone.rules_of("panic_rebound").specs) == 5
+    members = [(cid, cfg, route) for (cid, cfg), route in zip(configs, plan.routes)]
+    _, _, sweeps, _ = run_book(panic_items, members, plan, daily=True, detail=True)
+    panic_trades = {}
+    for cid, cfg in configs:
+        _, alone_outs = run_alone(panic_items, cfg)
+        events = [e for s in sweeps for e in s.configs if e.config_id == cid]
+        for name in ("orders", "fills", "trades", "rejections"):
+            want = [astuple(x) for o in alone_outs for x in getattr(o, name)]
+            got = [astuple(x) for e in events for x in getattr(e, name)]
+            assert got == want, (cid, name)
+        want_days = days_from_minutes([p for o in alone_outs for p in o.equity], cfg.risk.initial_cash)
+        got_days = {r.day: (r.equity, r.ret) for s in sweeps for r in s.days if r.config_id == cid}
+        assert got_days == {d: (w["equity"], w["ret"]) for d, w in want_days.items()}, cid
+        panic_trades[cid] = [t for e in events for t in e.trades
+                             if t.strategy_id not in ("consensus",) and not t.strategy_id.startswith("sma_")]
+    assert all(panic_trades[c] for c in ("c001", "c002", "c003", "c004", "c008", "c009")), \
+        "planted panics should trade"
+    assert not panic_trades["c005"] and not panic_trades["c006"]  # their panic BUYs are filtered
+    assert {t.strategy_id for t in panic_trades["c007"]} == {"dip", "panic_10_100"}
+
+
 def test_configurations_with_the_same_signal_rules_share_the_backtests_symbol_stage():
     g = parse_grid({"axes": {"exit.trailing_stop": [False, True], "risk.max_positions": [2, 10]}})
     plan = SignalPlan.for_configs([c.config for c in expand(g, TradingConfig())])
     assert plan.routes == (None,) * 4 and len(plan.groups) == 1
-    assert plan.groups[0].min_confidence == 0.7  # the configuration's own filters
+    terms = plan.groups[0].rules_of("sma_cross").pairs[0].terms
+    assert (terms.min_confidence, terms.min_risk_reward) == (0.7, 2.0)  # the configuration's own filters
 
 
 def test_a_runs_book_is_the_plain_portfolio_kill_switch_included(items):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.config import load_grid
+from connectors.config import load_grid, load_trading_config
 from operators.config import TradingConfig
 from operators.grid import GridError, config_id, expand, parse_grid
 
@@ -119,3 +119,30 @@ def test_grid_file_is_read_in_axis_order(tmp_path):
     (tmp_path / "bad.yaml").write_text("axes: [1,\n")
     with pytest.raises(GridError, match="not valid YAML"):
         load_grid(str(tmp_path / "bad.yaml"))
+
+
+def test_panic_parameters_and_a_strategys_own_exit_are_axes():
+    base = load_trading_config("config/panic.yaml")
+    g = grid({"strategies.3.min_drop_pct": [0.01, 0.02], "strategies.3.volume_mult": [2.5, 3.0],
+              "strategies.3.exit.take_profit_pct": [0.015, 0.03]})
+    configs = expand(g, base)
+    assert [c.config.strategies[3].strategy_id for c in configs[::2]] == \
+           ["panic_15_100", "panic_15_100", "panic_15_200", "panic_15_200"]
+    assert [c.config.strategies[3].volume_mult for c in configs[:4]] == [2.5, 2.5, 3.0, 3.0]
+    # the entry's other exit settings stay its own; the SMA pairs keep the top-level ones
+    assert [c.config.strategy_exits()["panic_15_100"] for c in configs[:2]] == [
+        (0.015, 0.0075, 240, 0.005), (0.03, 0.0075, 240, 0.005)]
+    assert configs[1].config.strategy_exits()["sma_5_15"] == (0.02, 0.01, 60, 0.005)
+
+
+def test_a_bad_panic_value_names_its_own_axis():
+    base = load_trading_config("config/panic.yaml")
+    g = grid({"strategies.3.min_drop_pct": [0.01], "strategies.3.volume_mult": [3.0, 3.005]})
+    with pytest.raises(GridError) as err:
+        expand(g, base)
+    assert str(err.value).startswith("grid: axis strategies.3.volume_mult, config c002 ")
+    assert "strategies.3.volume_mult: must be a multiple of 0.01" in str(err.value)
+    g = grid({"strategies.3.min_drop_pct": [0.0125, 0.01234]})
+    with pytest.raises(GridError, match=r"axis strategies\.3\.min_drop_pct, config c002 .*whole number "
+                                        r"of basis points"):
+        expand(g, base)

@@ -110,6 +110,30 @@ def test_paper_session_over_a_spec_broker_makes_the_backtest_trades(seed):
     assert {"stop_loss", "take_profit", "signal", "time_stop"} & reasons
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_each_strategys_own_exits_at_the_broker_make_the_backtest_trades(seed):
+    """sma_3_5 with its own stop, target and time stop (its OCO from them), sma_2_3
+    with the top level's."""
+    own = {"stop_loss_pct": 0.004, "take_profit_pct": 0.009, "time_stop_minutes": 20,
+           "time_stop_min_move_pct": 0.002}
+    cfg = TradingConfig(strategies=[STRATS[0], StrategyConfig(fast=3, slow=5, confidence=0.8, exit=own)],
+                        execution={"slippage_bps": 0.0}, exit={"trailing_stop": True})
+    bars = market(seed)
+    expected, _ = backtest(cfg, bars)
+    exits = {sid: (x.stop_loss_pct, x.take_profit_pct) for sid, x in cfg.strategy_exits().items()}
+    outs, _ = paper(cfg, bars, SpecBroker(by_strategy=exits))
+    got = [t for o in outs for t in o.trades]
+    assert sorted(map(key, got)) == sorted(map(key, expected))
+    mine = [t for t in expected if t.strategy_id == "sma_3_5"]
+    # stopped at its own 0.4 % (or below it on a gap), never at the top level's 1 %
+    stops = [t for t in mine if t.exit_reason == "stop_loss"]
+    assert stops and all(t.exit_price <= t.entry_price * (1 - 0.004) * (1 + 1e-12) for t in stops)
+    assert any(t.exit_price == pytest.approx(t.entry_price * (1 - 0.004), rel=1e-12) for t in stops)
+    protect = [o for o in outs for o in o.orders if o.intent == "protect" and o.strategy_id == "sma_3_5"]
+    fills = {f.order_id: f.price for out in outs for f in out.fills if f.side == BUY}
+    assert protect and all(o.stop_price == fills[o.parent_id] * (1 - 0.004) for o in protect)
+
+
 def test_position_is_the_filled_quantity_and_partial_fills_average_the_entry():
     cfg = config()
     p = BrokerPortfolio.new(cfg)

@@ -220,3 +220,73 @@ def test_a_trading_run_stopped_by_sigterm_and_sigint_ends_with_one_line_and_resu
     rows, backtest = compare(s, tmp_path)
     assert len(backtest) >= 2
     assert [r for r in rows if r["status"] != "matched"] == [] and len(rows) == len(backtest)
+
+
+PANIC_CONFIG = """
+strategies:
+  - {fast: 5, slow: 15, confidence: 0.70}
+  - {type: panic_rebound, drop_window: 5, volume_window: 10, min_drop_pct: 0.01, volume_mult: 3.0,
+     exit: {take_profit_pct: 0.004, stop_loss_pct: 0.002, time_stop_minutes: 20}}
+signals: {aggregation: independent, min_confidence: 0.7, min_risk_reward: 2.0}
+exit: {take_profit_pct: 0.008, stop_loss_pct: 0.004, trailing_stop: false, time_stop_minutes: 30,
+       time_stop_min_move_pct: 0.002}
+risk: {max_consecutive_losses: 10}
+execution: {slippage_bps: 0.0, commission_per_share: 0.0}
+"""
+
+
+def planted_panic(symbols=3, seed=11, minutes=100, at=40):
+    """A generated morning with a panic planted in the first symbol: four bars down
+    0.5 % each on 10x the volume from minute `at`, a green bar closing higher, and the
+    rest of the symbol's day moved to continue from there."""
+    import numpy as np
+
+    from connectors.files.synthetic import generate_bars
+
+    df = generate_bars(symbols, 1, seed=seed)
+    first = sorted(df["timestamp"].unique())[:minutes]
+    df = df[df["timestamp"].isin(first)].reset_index(drop=True)
+    sym = sorted(df["symbol"].unique())[0]
+    rows = df.index[df["symbol"] == sym].to_numpy()
+    price = float(df.loc[rows[at - 1], "close"])
+    volume = float(df.loc[rows[:at], "volume"].mean()) * 10
+    for i in range(4):
+        o, c = price, round(price * 0.995, 2)
+        df.loc[rows[at + i], ["open", "high", "low", "close", "volume"]] = [o, o, c, c, volume]
+        price = c
+    o, c = price, round(price * 1.002, 2)
+    df.loc[rows[at + 4], ["open", "high", "low", "close", "volume"]] = [o, c, o, c, volume / 10]
+    rest = rows[at + 5:]
+    scale = c / float(df.loc[rest[0], "open"])
+    for col in ("open", "high", "low", "close", "vwap"):
+        df.loc[rest, col] = np.round(df.loc[rest, col] * scale, 2)
+    df.loc[rest, "high"] = df.loc[rest, ["open", "high", "close"]].max(axis=1)
+    df.loc[rest, "low"] = df.loc[rest, ["open", "low", "close"]].min(axis=1)
+    df["vwap"] = df["vwap"].clip(df["low"], df["high"])
+    return df, sym
+
+
+def test_paper_session_protects_a_panic_entry_with_its_own_stop_and_target(kafka, tmp_path):
+    """`cuts run --alpaca` with the panic detector beside an SMA pair: the panic entry's
+    OCO (placed by the relay at the fill, then asked again by the flow) is its own 0.2 % /
+    0.4 %, not the top level's 0.4 % / 0.8 %, and the session makes the backtest's trades."""
+    bars, sym = planted_panic()
+    s = Session(tmp_path, kafka, topic="bars-panic", config=PANIC_CONFIG, bars=bars)
+    try:
+        s.start()
+        s.play(sorted(s.minutes))
+        s.stop()
+        ocos = {o["client_order_id"]: o for o in s.server.orders() if o.get("order_class") == "oco"}
+    finally:
+        s.close()
+    rows, backtest = compare(s, tmp_path)
+    panic = [t for t in backtest if t["strategy"] == "panic_5_100"]
+    assert panic and panic[0]["symbol"] == sym, backtest
+    assert [r for r in rows if r["status"] != "matched"] == [] and len(rows) == len(backtest)
+    for t in backtest:
+        entry = float(t["entry_price"])
+        sl, tp = (0.002, 0.004) if t["strategy"] == "panic_5_100" else (0.004, 0.008)
+        decided = int(dt.datetime.fromisoformat(t["entry_time"].replace("Z", "+00:00")).timestamp()) - 60
+        oco = ocos[f"paper1.{t['strategy']}.{t['symbol']}.{decided}.entry.oco"]
+        assert abs(float(oco["legs"][0]["stop_price"]) - entry * (1 - sl)) < 0.01, (t, oco)
+        assert abs(float(oco["limit_price"]) - entry * (1 + tp)) < 0.01, (t, oco)

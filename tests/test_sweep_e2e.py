@@ -134,6 +134,49 @@ def test_daily_equity_and_metrics_equal_the_backtests(swept):
                 assert got == pytest.approx(want, rel=1e-12, abs=1e-15), (c.config_id, k)
 
 
+PANIC_GRID = {"axes": {"strategies.3.min_drop_pct": [0.01, 0.015], "strategies.3.volume_mult": [2.0, 3.0]}}
+
+
+@pytest.fixture(scope="module")
+def panic_swept(tmp_path_factory):
+    """A sweep of the panic detector's parameters over config/panic.yaml on a
+    market with planted panics, and a backtest of every configuration alone."""
+    d = tmp_path_factory.mktemp("panic-sweep")
+    market = d / "bars.parquet"
+    cuts("generate", "--symbols", "8", "--days", "4", "--seed", "11", "--out", str(market))
+    (d / "grid.yaml").write_text(yaml.safe_dump(PANIC_GRID, sort_keys=False))
+    base = os.path.join(ROOT, "config", "panic.yaml")
+    from connectors.config import load_trading_config
+
+    configs = expand(parse_grid(PANIC_GRID), load_trading_config(base))
+    jobs = [{"argv": ["sweep", "--bars", str(market), "--grid", str(d / "grid.yaml"), "--config", base,
+                      "--run-id", "sw-panic", "--clickhouse", f"chdb://{d / 'ch-sweep'}", "--out",
+                      str(d / "sweep"), "--detail", "--quiet"]}]
+    for c in configs:
+        cfg_path = d / f"{c.config_id}.yaml"
+        cfg_path.write_text(yaml.safe_dump(json.loads(c.config.model_dump_json())))
+        jobs.append({"argv": ["backtest", "--bars", str(market), "--config", str(cfg_path), "--run-id",
+                              "sw-panic", "--clickhouse", f"chdb://{d / 'ch-bt'}", "--out",
+                              str(d / c.config_id), "--quiet"]})
+    batch(d, jobs)
+    return d, configs
+
+
+def test_a_grid_over_panic_parameters_gives_each_configuration_exactly_its_backtest(panic_swept):
+    d, configs = panic_swept
+    assert [c.config.strategies[3].strategy_id for c in configs] == \
+           ["panic_15_100", "panic_15_100", "panic_15_150", "panic_15_150"]
+    panic_trades = []
+    for c in configs:
+        for name in ("trades.csv", "orders.csv", "fills.csv", "rejections.csv"):
+            want = (d / c.config_id / name).read_text().splitlines()
+            assert per_config_lines(d / "sweep" / name, c.config_id) == want, (c.config_id, name)
+        trades = read_csv(d / c.config_id / "trades.csv")
+        panic_trades.append(sum(t["strategy"].startswith("panic_") for t in trades))
+    assert all(panic_trades), f"the planted panics should trade in every configuration: {panic_trades}"
+    assert len(set(panic_trades)) > 1, "the parameters should matter"
+
+
 def plain_walk_forward(daily_csv, train, test, anchored=False):
     """Spec 8 from daily.csv alone: folds, Sharpe of the train days, best first,
     undefined last, ties to the lowest config_id."""

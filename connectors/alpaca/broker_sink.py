@@ -338,19 +338,25 @@ def _typed(exc: APIError, cid: str) -> Exception:
 
 
 class ProtectOnFill:
-    """Relay hook: an entry filled in one piece gets its OCO at once."""
+    """Relay hook: an entry filled in one piece gets its OCO at once, from its
+    strategy's own stop and target (`by_strategy`: strategy id -> (stop_loss_pct,
+    take_profit_pct), as `TradingConfig.strategy_exits()`; the strategy id is
+    the first part of the entry's order id); other ids: the given defaults."""
 
-    def __init__(self, broker: AlpacaBroker, stop_loss_pct: float, take_profit_pct: float):
+    def __init__(self, broker: AlpacaBroker, stop_loss_pct: float, take_profit_pct: float,
+                 by_strategy: dict | None = None):
         self.broker, self.sl, self.tp = broker, stop_loss_pct, take_profit_pct
+        self.by_strategy = dict(by_strategy or {})
 
     def __call__(self, u: TradeUpdate) -> None:
         if (u.event != "fill" or u.side != BUY or u.leg or not u.order_id.endswith(".entry")
                 or u.fill_qty != u.filled_qty):
             return  # partial entries are protected by the portfolio once they end
+        sl, tp = self.by_strategy.get(u.order_id.split(".", 1)[0], (self.sl, self.tp))
         try:
             self.broker.submit(to_protection_request(
                 self.broker.run_id, u.order_id, u.symbol, u.filled_qty,
-                u.fill_price * (1 - self.sl), u.fill_price * (1 + self.tp)))
+                u.fill_price * (1 - sl), u.fill_price * (1 + tp)))
         except (BrokerRejected, BrokerRetriable) as exc:
             log.warning("protection of %s not placed now (the flow asks again): %s", u.order_id, exc)
 
