@@ -39,7 +39,7 @@ def dispatch(command, args) -> int:
         close_clients()  # on the main thread (closing from a worker thread hangs)
 
 
-def _finish(client, run_id: str, out: str | None, quiet: bool) -> None:
+def _finish(client, run_id: str, out: str | None, quiet: bool, html: str | None = None) -> None:
     if out:
         written = analytics.export_csv(client, run_id, out)
         if not quiet:
@@ -47,6 +47,21 @@ def _finish(client, run_id: str, out: str | None, quiet: bool) -> None:
                   file=sys.stderr)
     if not quiet:
         print(_report(client, run_id))
+    if html:
+        _write_html(client, run_id, html)
+
+
+def _write_html(client, run_id: str, path: str, against: str | None = None) -> None:
+    """The run's tearsheet page; prints where it is."""
+    from dataflows.reports import write_run_page
+
+    if os.path.isdir(path):
+        raise UsageError(f"--html {path}: is a directory; give a file name such as {path.rstrip('/')}/report.html")
+    try:
+        size = write_run_page(client, run_id, path, against)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    print(f"report of run {run_id}: {os.path.abspath(path)} ({size / 1e6:.1f} MB)")
 
 
 def cluster_addresses(args) -> list[str]:
@@ -78,7 +93,7 @@ def cmd_backtest(args) -> int:
     resumed = " (resumed from the recovery directory)" if result.resumed else ""
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
           f"({rate:,.0f} bars/s){resumed}")
-    _finish(open_client(dsn), result.run_id, args.out, args.quiet)
+    _finish(open_client(dsn), result.run_id, args.out, args.quiet, args.html)
     return 0
 
 
@@ -203,8 +218,12 @@ def cmd_report(args) -> int:
     if args.sweep is not None:
         from dataflows.cli.sweep_command import cmd_report_sweep
 
+        if args.html:
+            raise UsageError("--html is a run's page; a sweep's report has none yet (drop --html or --sweep)")
         print(cmd_report_sweep(client, args.sweep))
         return 0
+    if args.html:
+        return _report_html(client, args)
     if args.against is not None or args.csv is not None:
         return _report_against(client, args)
     run_id = args.run_id or analytics.latest_run_id(client)
@@ -216,6 +235,28 @@ def cmd_report(args) -> int:
         print(cmd_report_sweep(client, run_id))
         return 0
     print(_report(client, run_id))
+    return 0
+
+
+def _report_html(client, args) -> int:
+    """`cuts report --html PATH`: the tearsheet page of the run (with
+    --against, its comparison with that backtest too)."""
+    from connectors.clickhouse import compare
+
+    if args.against is not None:
+        run_id = args.run_id or compare.latest_other_run(client, args.against)
+        if run_id is None:
+            raise UsageError(f"no run to compare with {args.against}: pass --run-id")
+        if run_id == args.against:
+            raise UsageError(f"--run-id and --against are the same run: {run_id}")
+    else:
+        run_id = args.run_id or analytics.latest_run_id(client)
+        if run_id is None:
+            raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    for rid in filter(None, (run_id, args.against)):
+        if not analytics.run_info(client, rid):
+            raise UsageError(f"unknown run id: {rid}")
+    _write_html(client, run_id, args.html, args.against)
     return 0
 
 
@@ -288,6 +329,7 @@ def cmd_demo(args) -> int:
           f"({rate:,.0f} bars/s)")
     _finish(open_client(dsn), result.run_id, os.path.join(args.dir, "out"), False)
     print(f"\nCSV files in {os.path.join(args.dir, 'out')}; ClickHouse data in {dsn}")
+    _write_html(open_client(dsn), result.run_id, os.path.join(args.dir, "report.html"))
     return 0
 
 

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--run-id", help="run id (default: derived from the file and config)")
     bt.add_argument("--clickhouse", help="chdb:///dir or http://host:8123 (default ./data/clickhouse)")
     bt.add_argument("--out", help="also write trades.csv, orders.csv, ... to this directory")
+    bt.add_argument("--html", metavar="PATH", help="also write the run's tearsheet page (one HTML file)")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
     _cluster_args(bt)
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "this backtest of the same bars: slippage, missed and extra trades")
     rp.add_argument("--csv", metavar="PATH", help="with --against: also write the per-trade comparison here")
     rp.add_argument("--sweep", metavar="SWEEP_ID", help="the report of a sweep (`latest`: the most recent)")
+    rp.add_argument("--html", metavar="PATH",
+                    help="write the run's tearsheet page (one self-contained HTML file; with --against, "
+                         "the comparison too) instead of printing the report")
 
     gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
     gen.add_argument("--symbols", type=_positive_int, required=True)
@@ -116,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_command.register(sub)
     sweep_command.register(sub)
 
-    demo = sub.add_parser("demo", help="generate a market, backtest it, print the report")
+    demo = sub.add_parser("demo", help="generate a market, backtest it, print the report and write "
+                                       "DIR/report.html")
     demo.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
     demo.add_argument("--symbols", type=_positive_int, default=31)
     demo.add_argument("--days", type=_positive_int, default=20)
