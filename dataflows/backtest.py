@@ -5,7 +5,7 @@ import hashlib
 import sys
 import time
 
-from connectors.files.barfile import BarFileSource, read_bar_file
+from connectors.files.barfile import BarFileSource
 from dataflows.runner import RunResult, RunSpec, config_hash, execute
 from operators.config import TradingConfig
 
@@ -51,21 +51,24 @@ class Progress:
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,
                  workers: int = 1, show_progress: bool = True,
                  recovery_dir: str | None = None, snapshot_s: int = 10,
-                 addresses=None, process_id: int = 0) -> RunResult:
-    cols = read_bar_file(bars_path)
+                 addresses=None, process_id: int = 0, memory_rows: int | None = None) -> RunResult:
+    notice = (lambda text: print(text, file=sys.stderr, flush=True)) if show_progress else None
+    addresses = list(addresses or [])
+    # in memory up to a constant number of bars, in event-time order on disk beyond
+    limits = {"memory_rows": memory_rows} if memory_rows else {}
+    source = BarFileSource.from_file(bars_path, partitions=workers * max(1, len(addresses)),
+                                     notice=notice, **limits)
     file_id = default_run_id(bars_path, config)
     run_id = run_id or file_id
-    progress = Progress(len(cols)) if show_progress else None
-    addresses = list(addresses or [])
-    source = BarFileSource(cols, partitions=workers * max(1, len(addresses)), progress=progress)
+    source.progress = Progress(source.rows) if show_progress else None
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, source_identity={"bars_file": file_id},
                    addresses=addresses, process_id=process_id)
     try:
-        return execute(spec, source, source.partition_ids())
+        return execute(spec, source, source.partition_ids(), notice=notice)
     finally:
-        if progress is not None:
-            progress.close()
+        if source.progress is not None:
+            source.progress.close()
 
 
 def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_id: str | None,
@@ -84,4 +87,5 @@ def run_replay(bootstrap: str, topic: str, config: TradingConfig, dsn: str, run_
     spec = RunSpec(config, dsn, run_id, mode, workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, addresses=list(addresses or []), process_id=process_id,
                    source_identity={"topic": topic, "topic_identity": identity})
-    return execute(spec, source, source.partition_ids(), show_progress=show_progress)
+    notice = (lambda text: print(text, file=sys.stderr, flush=True)) if show_progress else None
+    return execute(spec, source, source.partition_ids(), show_progress=show_progress, notice=notice)

@@ -12,6 +12,7 @@ walk-forward folds, and closes the sweep's row.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 
 from connectors.clickhouse import sweeps as records
@@ -72,13 +73,14 @@ def run_sweep(source: SweepSource, grid: Grid, base: TradingConfig, dsn: str, *,
     addresses = list(addresses or [])
     worker_count = workers * max(1, len(addresses))
     shards = min(len(configs), worker_count)
+    notice = (lambda text: print(text, file=sys.stderr, flush=True)) if show_progress else None
     if source.bars_path:
-        from connectors.files.barfile import BarFileSource, read_bar_file
+        from connectors.files.barfile import BarFileSource
 
-        cols = read_bar_file(source.bars_path)
+        # in memory up to a constant number of bars, in event-time order on disk beyond
+        flow_source = BarFileSource.from_file(source.bars_path, partitions=worker_count, notice=notice)
         identity = _file_identity(source.bars_path)
-        flow_source = BarFileSource(cols, partitions=worker_count,
-                                    progress=Progress(len(cols)) if show_progress else None)
+        flow_source.progress = Progress(flow_source.rows) if show_progress else None
     else:
         from connectors.kafka.admin import topic_identity
         from connectors.kafka.source import KafkaBarSource
@@ -112,7 +114,7 @@ def run_sweep(source: SweepSource, grid: Grid, base: TradingConfig, dsn: str, *,
     # a Kafka source shows stored bars; a file source its own progress
     try:
         result = execute(spec, flow_source, flow_source.partition_ids(),
-                         show_progress=show_progress and not source.bars_path)
+                         show_progress=show_progress and not source.bars_path, notice=notice)
     except RunInterrupted:  # a clean stop (SIGINT / SIGTERM): rerun, or resume with --recovery-dir
         if spec.owner and started:
             records.record_sweep(open_client(dsn), sweep_id, status="interrupted", **row)

@@ -76,11 +76,8 @@ def snapshot_state(state: ColumnarSymbolState, rules: SignalRules) -> ColumnarSy
                                strategies)
 
 
-def invalid_reasons(block: BarBlock) -> np.ndarray:
-    """Per bar: '' when valid, else the first reason (same order as bar_problem)."""
-    n = len(block)
-    if not SYMBOL_RE.fullmatch(block.symbol or ""):
-        return np.full(n, "invalid_symbol", dtype=object)
+def _problems(block: BarBlock) -> list:
+    """Per check (bar_problem's order), the bars that fail it."""
     o, h, lo, c, v = block.open, block.high, block.low, block.close, block.volume
     with np.errstate(invalid="ignore"):
         bad_ts = (block.ts % 60) != 0
@@ -89,9 +86,19 @@ def invalid_reasons(block: BarBlock) -> np.ndarray:
         bad_high = h < np.maximum(o, c)
         bad_low = lo > np.minimum(o, c)
         bad_vol = ~(v >= 0) | ~np.isfinite(v)
-    return np.select([bad_ts, bad_price, bad_high, bad_low, bad_vol],
-                     ["invalid_timestamp", "invalid_price", "invalid_high", "invalid_low",
-                      "invalid_volume"], default="").astype(object)
+    return [bad_ts, bad_price, bad_high, bad_low, bad_vol]
+
+
+_REASONS = ["invalid_timestamp", "invalid_price", "invalid_high", "invalid_low", "invalid_volume"]
+
+
+def invalid_reasons(block: BarBlock, problems: list | None = None) -> np.ndarray:
+    """Per bar: '' when valid, else the first reason (same order as bar_problem)."""
+    n = len(block)
+    if not SYMBOL_RE.fullmatch(block.symbol or ""):
+        return np.full(n, "invalid_symbol", dtype=object)
+    return np.select(problems if problems is not None else _problems(block), _REASONS,
+                     default="").astype(object)
 
 
 def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, origins,
@@ -111,8 +118,12 @@ def admit_block(state: ColumnarSymbolState, block: BarBlock, origins, origin_pre
     n = len(block)
     if n == 0:
         return block
-    reasons = invalid_reasons(block)
-    valid = reasons == ""
+    if SYMBOL_RE.fullmatch(block.symbol or ""):
+        problems = _problems(block)
+        valid = ~(problems[0] | problems[1] | problems[2] | problems[3] | problems[4])
+        reasons = None  # only named when a bar is refused
+    else:
+        problems, valid, reasons = None, np.zeros(n, dtype=bool), invalid_reasons(block)
     ts = block.ts
     # A valid bar is accepted iff it is newer than every earlier valid bar of
     # the symbol: a valid bar refused as late never raises that maximum.
@@ -121,6 +132,8 @@ def admit_block(state: ColumnarSymbolState, block: BarBlock, origins, origin_pre
     running = np.maximum.accumulate(np.concatenate(([floor], vts)))[:-1]
     accepted = valid & (ts > running)
     if not accepted.all():
+        if reasons is None:
+            reasons = invalid_reasons(block, problems)
         _dead_letters(state, block, reasons, valid, accepted, running, origins, origin_prefix, out)
     acc = block if accepted.all() else block.take(np.flatnonzero(accepted))
     if len(acc):

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
 from operators.columnar import BarBlock
 from operators.portfolio import Portfolio
-from operators.types import DeadLetter, PortfolioOutput, SymbolOutput
+from operators.types import SELL, DeadLetter, PortfolioOutput, SymbolOutput
 
 END_OF_TIME = 2**62
+_ts, _strategy_id, _side, _price = (attrgetter("ts"), attrgetter("strategy_id"), attrgetter("side"),
+                                    attrgetter("price"))
 
 
 @dataclass(slots=True)
@@ -98,9 +101,13 @@ class PartitionCursor:
 
 @dataclass(slots=True)
 class PortfolioStage:
-    portfolio: Portfolio  # or a book of configurations (operators.config_book)
+    # the simulated broker's compiled book (operators.compiled_portfolio:
+    # backtests, sweeps), or a Python Portfolio (BrokerPortfolio when a broker
+    # fills the orders), or a sweep's book of configurations (operators.config_book)
+    portfolio: Portfolio
     cursors: dict  # partition -> PartitionCursor; every source partition is known
-    buffer: list = field(default_factory=list)  # (BarBlock, signals by ts) not yet applied
+    # (BarBlock, its signals) not yet applied: by ts, or SignalColumns for the compiled book
+    buffer: list = field(default_factory=list)
     applied_until: int = -1  # bars with ts < this were applied
     controls: dict = field(default_factory=dict)  # control_id -> earliest copy, not yet applied
     applied_controls: set = field(default_factory=set)
@@ -164,7 +171,10 @@ class PortfolioStage:
                     out.dead_letters.append(DeadLetter(
                         block.symbol, t, "late", f"partition {item.partition} seq {item.seq}", ""))
                 block = block.take(np.flatnonzero(~late))
-            self.buffer.append((block, result.signals))
+            signals = result.signals
+            if hasattr(self.portfolio, "apply_batch"):  # the compiled book takes columns
+                signals = SignalColumns.of(block, signals, self.portfolio.strategy_index)
+            self.buffer.append((block, signals))
 
     def _advance(self, watermark: int, out: PortfolioOutput) -> None:
         if watermark <= self.applied_until:
@@ -177,9 +187,13 @@ class PortfolioStage:
             if cut == len(block):
                 ready.append((block, signals))
             else:
+                ready_signals = keep_signals = signals
+                if isinstance(signals, SignalColumns):
+                    split = int(np.searchsorted(signals.ts, watermark, side="left"))
+                    ready_signals, keep_signals = signals.take(slice(0, split)), signals.take(slice(split, None))
                 if cut:
-                    ready.append((block.take(slice(0, cut)), signals))
-                keep.append((block.take(slice(cut, None)), signals))
+                    ready.append((block.take(slice(0, cut)), ready_signals))
+                keep.append((block.take(slice(cut, None)), keep_signals))
         self.buffer = keep
         controls = sorted((c for c in self.controls.values() if c.ts < watermark),
                           key=lambda c: (c.ts, c.control_id))
@@ -217,8 +231,16 @@ class PortfolioStage:
     def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = (),
                         updates: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
-        batch = OrderedBars.of(ready)
         book = self.portfolio
+        if hasattr(book, "apply_batch"):  # the compiled book
+            symbols = sorted({b.symbol for b, _ in ready})
+            rank = {s: i for i, s in enumerate(symbols)}
+            ts = np.concatenate([b.ts for b, _ in ready])
+            ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
+            order = np.lexsort((ranks, ts))
+            self._apply_compiled(ready, symbols, ts[order], ranks[order], order, out, controls)
+            return
+        batch = OrderedBars.of(ready)
         if hasattr(book, "apply_bars"):  # a book of configurations (operators.config_book)
             self._apply_book(batch, out, controls)
             out.applied_bars += len(batch.ts)
@@ -250,6 +272,39 @@ class PortfolioStage:
         if lo < n:
             self.portfolio.apply_bars(batch, lo, n, out)
 
+    def _apply_compiled(self, ready: list, symbols: list, ts: np.ndarray, ranks: np.ndarray,
+                        order: np.ndarray, out: PortfolioOutput, controls: list) -> None:
+        """The ready bars (sorted: `ts`, `ranks`) through the compiled book in
+        one call, cut where kill-switch controls take effect."""
+        from operators.compiled_portfolio import BarBatch  # numba: only where it runs
+
+        book = self.portfolio
+        codes = np.array([book.code(s) for s in symbols], dtype=np.int64)
+        # signals: each one's bar by its (timestamp, symbol rank) key
+        n_sym = len(symbols)
+        keys = ts * n_sym + ranks  # strictly increasing
+        rank = {s: i for i, s in enumerate(symbols)}
+        sigs = [signals for _, signals in ready]
+        sig_key = np.concatenate([s.ts * n_sym + rank[b.symbol] for (b, _), s in zip(ready, sigs)])
+        at = np.searchsorted(keys, sig_key)
+        ours = at < len(keys)
+        ours[ours] = keys[at[ours]] == sig_key[ours]
+        batch = BarBatch.build(
+            codes[ranks], ts, *(np.concatenate([getattr(b, f) for b, _ in ready])[order]
+                                for f in ("open", "high", "low", "close")),
+            at[ours], *(np.concatenate([getattr(s, f) for s in sigs])[ours]
+                        for f in ("strategy", "sell", "price")))
+        start = 0
+        while controls:
+            cut = int(np.searchsorted(ts, controls[0].ts, side="left"))
+            if cut >= len(ts):
+                break
+            book.apply_batch(batch, start, cut, out)
+            self._apply_controls(controls, int(ts[cut]), out)
+            start = cut
+        book.apply_batch(batch, start, len(ts), out)
+        out.applied_bars += len(ts)
+
 
 @dataclass(slots=True)
 class OrderedBars:
@@ -279,6 +334,38 @@ class OrderedBars:
             if signals:
                 sig_by_symbol.setdefault(b.symbol, {}).update(signals)
         return cls(symbols, ranks[order].tolist(), ts[order].tolist(), *cols, sig_by_symbol)
+
+
+@dataclass(slots=True)
+class SignalColumns:
+    """A block's signals for the compiled book, sorted by bar time (a bar's
+    own signals keep their list order)."""
+
+    ts: np.ndarray
+    strategy: np.ndarray  # the book's strategy index
+    sell: np.ndarray
+    price: np.ndarray
+
+    @classmethod
+    def of(cls, block: BarBlock, signals: dict, strategy_index: dict) -> "SignalColumns":
+        sigs = [sig for sigs in signals.values() for sig in sigs] if signals else []
+        n = len(sigs)
+        ts = np.fromiter(map(_ts, sigs), dtype=np.int64, count=n)
+        order = np.argsort(ts, kind="stable")
+        # -1: a strategy no configuration of the book trades (dropped below)
+        strategy = np.fromiter((strategy_index.get(sid, -1) for sid in map(_strategy_id, sigs)),
+                               dtype=np.int64, count=n)
+        sell = np.fromiter((side == SELL for side in map(_side, sigs)), dtype=bool, count=n)
+        price = np.fromiter(map(_price, sigs), dtype=np.float64, count=n)
+        ts = ts[order]
+        at = np.searchsorted(block.ts, ts)  # only the block's own bars (a late bar's signals go with it)
+        mine = (at < len(block.ts)) & (strategy[order] >= 0)
+        mine[mine] = block.ts[at[mine]] == ts[mine]
+        order = order[mine]
+        return cls(ts[mine], strategy[order], sell[order], price[order])
+
+    def take(self, index) -> "SignalColumns":
+        return SignalColumns(self.ts[index], self.strategy[index], self.sell[index], self.price[index])
 
 
 def block_from_bars(bars: list) -> BarBlock:

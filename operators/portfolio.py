@@ -117,8 +117,14 @@ class Portfolio:
         return value
 
     def exposure(self) -> float:
+        # An explicit left-to-right sum from 0.0: what sum() does on Python
+        # 3.11, without 3.12's compensated float sum, so the compiled step
+        # (operators.portfolio_kernel) can mirror it on any version.
+        value = 0.0
         last = self.last_close
-        return sum(p.qty * last[p.symbol] for p in self.positions.values())
+        for p in self.positions.values():
+            value += p.qty * last[p.symbol]
+        return value
 
     def close_minute(self, out: PortfolioOutput) -> None:
         """Record the mark-to-market equity of the minute just applied."""

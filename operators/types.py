@@ -192,11 +192,15 @@ class PortfolioOutput:
     dead_letters: list = field(default_factory=list)  # bars behind the watermark
     controls: list = field(default_factory=list)  # ControlEvents obeyed
     applied_bars: int = 0
+    # several configurations in one portfolio stage (operators.compiled_portfolio):
+    # one PortfolioOutput per configuration, in configuration order
+    per_config: list = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (
             self.orders or self.fills or self.trades or self.rejections
             or self.equity or self.dead_letters or self.controls
+            or any(not o.empty() for o in self.per_config)
         )
 
 

@@ -83,6 +83,19 @@ def test_file_sorted_by_symbol_gives_the_same_trades_as_time_sorted(market, tmp_
     assert (base / "trades.csv").read_bytes() == (grouped / "trades.csv").read_bytes()
 
 
+def test_a_file_larger_than_memory_gives_the_same_results_from_disk(market, tmp_path):
+    # sorted by symbol, as vendors write it: the spilled plan interleaves the symbols
+    df = pd.read_parquet(market).sort_values(["symbol", "timestamp"], kind="stable")
+    path = tmp_path / "by_symbol.parquet"
+    df.to_parquet(path, row_group_size=1000)
+    base, _ = backtest(market, tmp_path, "base3")
+    for workers in ("1", "2"):
+        spilled, proc = backtest(path, tmp_path, f"spilled{workers}", "--memory-bars", "500",
+                                 "--workers", workers)
+        for name in ("trades.csv", "orders.csv", "fills.csv", "equity.csv", "rejections.csv"):
+            assert (base / name).read_bytes() == (spilled / name).read_bytes(), name
+
+
 def test_bad_config_value_exits_2_with_one_line_naming_the_field(market, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("strategies:\n  - {fast: 30, slow: 10, confidence: 0.7}\n")

@@ -171,6 +171,37 @@ def test_every_event_type_round_trips(client):
     assert row == [("2024-01-02T14:31:00Z", 12.0, 10.2), ("2024-01-02T14:31:00Z", None, None)]
 
 
+def test_native_blocks_round_trip_every_column_type(client):
+    import math
+
+    import numpy as np
+
+    from connectors.clickhouse.native import encode_block
+    client.command("CREATE TABLE IF NOT EXISTS thousandcuts.native_types (s String, f Float64, i Int64, "
+                   "u UInt64, b Bool, t DateTime64(3, 'UTC'), nf Nullable(Float64), "
+                   "nt Nullable(DateTime64(3, 'UTC'))) ENGINE = MergeTree ORDER BY i")
+    cols = {
+        "s": ["", "AAPL", "BRK.B", "żółw ✓", "x" * 300],
+        "f": np.array([0.0, -0.0, 1.5, 1e300, -2.25]),
+        "i": [-(2**63), -1, 0, 1, 2**63 - 1],
+        "u": np.array([0, 1, 2**64 - 1, 7, 8], dtype=np.uint64),
+        "b": [True, False, True, False, True],
+        "t": np.array([0, 1704205860123, -1000, 1, 2], dtype=np.int64),
+        "nf": np.array([math.nan, 1.25, 0.0, math.nan, -3.5]),
+        "nt": [None, 1704205860000, None, 5, 6],
+    }
+    types = ["String", "Float64", "Int64", "UInt64", "Bool", "DateTime64(3, 'UTC')", "Nullable(Float64)",
+             "Nullable(DateTime64(3, 'UTC'))"]
+    client.raw_insert("thousandcuts.native_types", list(cols), encode_block(list(cols), types, list(cols.values())),
+                      fmt="Native")
+    rows = client.query("SELECT s, f, i, u, b, toUnixTimestamp64Milli(t), nf, toUnixTimestamp64Milli(nt) "
+                        "FROM thousandcuts.native_types ORDER BY i").result_rows
+    want = list(zip(cols["s"], cols["f"].tolist(), cols["i"], cols["u"].tolist(), cols["b"], cols["t"].tolist(),
+                    [None, 1.25, 0.0, None, -3.5], cols["nt"]))
+    assert [tuple(r) for r in rows] == want
+    assert math.copysign(1.0, rows[1][1]) == -1.0  # -0.0 kept bit for bit
+
+
 def test_replayed_rows_overwrite_not_duplicate(client):
     for _ in range(2):  # at-least-once: the same outputs delivered twice
         w = ch.ClickHouseWriter(client, "replay")

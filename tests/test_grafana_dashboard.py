@@ -16,18 +16,23 @@ import pytest
 from grafana_sql import UnknownMacro, render
 
 from connectors.clickhouse import client as ch
-from connectors.clickhouse.schema import column_names
+from connectors.clickhouse.schema import column_names, column_types
 from operators.types import ControlEvent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARDS = sorted(glob.glob(os.path.join(ROOT, "docker", "grafana", "dashboards", "*.json")))
 RUN = "graf"
-# one `sent` event of the order history (connectors/alpaca/order_history) per order
 BROKER_ORDER = dict(order_id="sma_5_15.AAA.1.entry", client_order_id="graf.sma_5_15.AAA.1.entry", intent="entry",
                     symbol="AAA", side="buy", qty=10, decision_price=100.0, broker_order_id="b-1", status="accepted",
-                    event="sent", leg="", filled_qty=0, clock="broker", source="sink", fill_price=0.0, detail="")
+                    adopted=False, detail="", acked_at_ms=0)
 
 pytestmark = pytest.mark.slow
+
+
+def _zero(kind: str):
+    if kind.startswith("Nullable"):
+        return None
+    return {"String": "", "Bool": False, "Float64": 0.0}.get(kind, 0)
 
 
 def _panels(panels):
@@ -65,23 +70,28 @@ def run(tmp_path_factory):
                            f"chdb://{d / 'ch'}", "--run-id", RUN, "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     client = ch.open_client(f"chdb://{d / 'ch'}")
-    (open_at_end,), = client.query("SELECT argMax(open_positions, ts) FROM thousandcuts.equity FINAL "
-                                   "WHERE run_id = {r:String}", parameters={"r": RUN}).result_rows
-    assert open_at_end > 0, "the run should end with open positions (the Open positions panel shows them)"
-    first, last = client.query("SELECT toUnixTimestamp(min(ts)), toUnixTimestamp(max(ts)) FROM thousandcuts.equity "
-                               "FINAL WHERE run_id = {r:String}", parameters={"r": RUN}).result_rows[0]
-    w = ch.ClickHouseWriter(client, RUN)
-    w.add("controls", [ControlEvent("halt-1", "halt", False, first + 3600, "ops", "news pending", 0, 2)])
-    orders = {k: [v] * 3 for k, v in BROKER_ORDER.items()} | {
-        "run_id": [RUN] * 3, "decided_ts": [(first + 60 * i) * 1000 for i in range(3)],
-        "at": [(first + 60 * i) * 1000 + 40 for i in range(3)],
-        "decision_lag_ms": [40.0, 55.0, 70.0], "submit_ms": [80.0, 95.0, 120.0],
-        "client_order_id": [f"graf.o{i}" for i in range(3)]}
-    w.add_columns("broker_orders", {name: orders[name] for name in column_names("broker_orders")})
-    w.flush()
-    yield {"client": client, "from": dt.datetime.fromtimestamp(first, dt.timezone.utc),
-           "to": dt.datetime.fromtimestamp(last + 60, dt.timezone.utc)}
-    ch.close_clients()
+    try:  # a failed set-up still closes its client: the next tests open other directories
+        (open_at_end,), = client.query("SELECT argMax(open_positions, ts) FROM thousandcuts.equity FINAL "
+                                       "WHERE run_id = {r:String}", parameters={"r": RUN}).result_rows
+        assert open_at_end > 0, "the run should end with open positions (the Open positions panel shows them)"
+        first, last = client.query("SELECT toUnixTimestamp(min(ts)), toUnixTimestamp(max(ts)) FROM thousandcuts.equity "
+                                   "FINAL WHERE run_id = {r:String}", parameters={"r": RUN}).result_rows[0]
+        w = ch.ClickHouseWriter(client, RUN)
+        w.add("controls", [ControlEvent("halt-1", "halt", False, first + 3600, "ops", "news pending", 0, 2)])
+        decided = [(first + 60 * i) * 1000 for i in range(3)]
+        orders = {k: [v] * 3 for k, v in BROKER_ORDER.items()} | {
+            "run_id": [RUN] * 3, "decided_ts": decided, "at": decided, "event": ["accepted"] * 3,
+            "decision_lag_ms": [40.0, 55.0, 70.0], "submit_ms": [80.0, 95.0, 120.0],
+            "client_order_id": [f"graf.o{i}" for i in range(3)]}
+        # the columns the table has (others get their type's zero), so the rows follow its schema
+        w.add_columns("broker_orders", {
+            name: orders.get(name) or [_zero(kind)] * 3
+            for name, kind in zip(column_names("broker_orders"), column_types("broker_orders"))})
+        w.flush()
+        yield {"client": client, "from": dt.datetime.fromtimestamp(first, dt.timezone.utc),
+               "to": dt.datetime.fromtimestamp(last + 60, dt.timezone.utc)}
+    finally:
+        ch.close_clients()
 
 
 def test_there_is_a_dashboard_and_it_uses_the_provisioned_data_source():

@@ -9,8 +9,10 @@ import itertools
 from datetime import datetime, timezone
 
 import numpy as np
+import pytest
 
 from operators.columnar import BarBlock
+from operators.compiled_portfolio import CompiledPortfolio
 from operators.config import StrategyConfig, TradingConfig
 from operators.ordering import Control, PortfolioStage, SymbolResult, Watermark
 from operators.portfolio import Portfolio
@@ -35,8 +37,19 @@ def halt(partition, seq, minute, flatten=False, action="halt", cid="h1"):
     return Control(partition, seq, cid, action, flatten, T0 + 60 * minute, "ops", "test")
 
 
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def portfolio_kind(request):
+    """Every rule holds for the compiled book the flow runs and the Python Portfolio."""
+    global NEW_PORTFOLIO
+    NEW_PORTFOLIO = CompiledPortfolio.new if request.param == "compiled" else Portfolio.new
+    yield request.param
+
+
+NEW_PORTFOLIO = CompiledPortfolio.new
+
+
 def run(items_by_partition, order=None):
-    stage = PortfolioStage.new(Portfolio.new(CFG), list(items_by_partition))
+    stage = PortfolioStage.new(NEW_PORTFOLIO(CFG), list(items_by_partition))
     items = [i for p in sorted(items_by_partition) for i in items_by_partition[p]]
     outs = [stage.on_items([i]) for i in (order(items) if order else items)]
     outs.append(stage.flush())

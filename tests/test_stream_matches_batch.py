@@ -8,7 +8,10 @@ chunk goes through a per-symbol stage, as dataflows/flow.py does it: the
 columnar one (`step_block`, the flow's hot path) or the bar-at-a-time one
 (`step_symbol`), chosen per example; and the resulting
 `SymbolResult`s and `Watermark`s reach `PortfolioStage` shuffled, in random
-batches, with a checkpoint (deep copy) and restore in the middle.
+batches, with a checkpoint (deep copy) and restore in the middle. The
+stage's portfolio is the compiled book the flow runs
+(operators.compiled_portfolio) or the Python Portfolio it mirrors, chosen
+per example.
 
 Comparison: trades, orders, fills, rejections, dead letters and filtered
 signals, every field. Floats must be exactly equal, not approximately: every
@@ -34,6 +37,7 @@ from operators.config import (
     ExecutionConfig, ExitConfig, RiskConfig, SignalConfig, StrategyConfig, TradingConfig,
 )
 from operators.columnar import ColumnarSymbolState, step_block
+from operators.compiled_portfolio import CompiledPortfolio
 from operators.ordering import END_OF_TIME, PortfolioStage, SymbolResult, Watermark, block_from_bars
 from operators.portfolio import Portfolio
 from operators.signals import SignalRules
@@ -178,7 +182,8 @@ def make_bars(rng: random.Random, symbols: list, minutes: int) -> list:
 
 
 # ------------------------------------------------------------------ stream
-def run_stream(raw: list, cfg: TradingConfig, rng: random.Random, n_parts: int, columnar: bool):
+def run_stream(raw: list, cfg: TradingConfig, rng: random.Random, n_parts: int, columnar: bool,
+               compiled: bool = False):
     rules = SignalRules.from_config(cfg)
     part_of = {}
     rows = {p: [] for p in range(n_parts)}  # partition -> (row number, bar) in arrival order
@@ -223,7 +228,9 @@ def run_stream(raw: list, cfg: TradingConfig, rng: random.Random, n_parts: int, 
             i = j
 
     rng.shuffle(items)  # workers and routing may deliver in any order
-    stage = PortfolioStage.new(Portfolio.new(cfg), range(n_parts))
+    # the compiled book (what the flow runs) or the Python Portfolio it mirrors
+    portfolio = CompiledPortfolio.new(cfg) if compiled else Portfolio.new(cfg)
+    stage = PortfolioStage.new(portfolio, range(n_parts))
     outs = []
     k = 0
     restored = False
@@ -247,14 +254,15 @@ def run_stream(raw: list, cfg: TradingConfig, rng: random.Random, n_parts: int, 
     minutes=st.integers(60, 160),
     seed=st.integers(0, 2**32 - 1),
     columnar=st.booleans(),
+    compiled=st.booleans(),
 )
-def test_stream_matches_batch(cfg, n_symbols, n_parts, minutes, seed, columnar):
+def test_stream_matches_batch(cfg, n_symbols, n_parts, minutes, seed, columnar, compiled):
     # Bars and delivery come from a seeded generator: hypothesis shrinks the
     # configuration and sizes; a raw random stream would be drawn byte by byte.
     rng = random.Random(seed)
     raw = make_bars(rng, SYMBOLS[:n_symbols], minutes)
     ref = run_reference([copy.copy(b) for b in raw], cfg)
-    sym_outs, outs = run_stream([copy.copy(b) for b in raw], cfg, rng, n_parts, columnar)
+    sym_outs, outs = run_stream([copy.copy(b) for b in raw], cfg, rng, n_parts, columnar, compiled)
 
     # section 1: same dead letters per symbol (arrival order), none from ordering
     dead = [(d.symbol, d.ts, d.reason) for o in sym_outs for d in o.dead_letters]

@@ -4,6 +4,7 @@
 Pure mapping (no I/O):
   `schema`           the run tables (`TABLES`, `ddl`), the views (`VIEWS`: the order
                      history's current state) and events -> columns (`to_columns`)
+  `native`           columns (numpy arrays or lists) -> a block of ClickHouse's Native format
 
 I/O:
   `client`           `open_client` (one per DSN and process), `ensure_schema`,

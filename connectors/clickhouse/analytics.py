@@ -151,6 +151,11 @@ def breakdown(client, run_id: str, by: Literal["strategy", "exit_reason", "symbo
     return rows
 
 
+def stored_bars(client, run_id: str, database: str = DATABASE) -> int:
+    """Bars stored for the run, each once."""
+    return int(_one(client, f"SELECT count() AS n {_f(database, 'bars')}", run_id)["n"])
+
+
 def counts(client, run_id: str, database: str = DATABASE) -> dict:
     """Rows per table of a run; rejections and dead letters also by reason."""
     def n(table: str, cond: str = "1") -> str:

@@ -15,11 +15,10 @@ chDB facts (chdb 4.4, clickhouse-connect 0.x/1.x, measured):
   with "Cannot lock file .../status". Both surface as ProgrammingError from
   get_client; `open_client` raises `ClickHouseUnavailable` for them.
 - Close clients on the main thread (closing from a Bytewax worker thread hung).
-- DateTime64(3) columns accept plain ints as ticks (epoch milliseconds): about
-  8x faster than datetime objects; numpy datetime64 values are rejected.
-- Passing `column_type_names` saves a DESCRIBE per insert. A 100k-row bars
-  insert runs at ~0.6-1.2 M rows/s in 10k-20k-row columnar batches (~0.1-0.16
-  M rows/s in 1k batches).
+- Inserts go as Native blocks built from numpy (`connectors.clickhouse.native`,
+  `raw_insert`): `client.insert` serialised value by value in Python. With
+  `optimize_on_insert=0` the 725,400 bars of the bench take ~0.2 s in
+  100,000-row blocks (bench/README.md).
 """
 from __future__ import annotations
 
@@ -31,11 +30,13 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
+from connectors.clickhouse.native import Parts, encode_block
 from connectors.clickhouse.schema import (
     DATABASE,
     RUNS_COLUMNS,
     TABLES,
     VIEWS,
+    column_names,
     column_types,
     ddl,
     to_columns,
@@ -199,20 +200,28 @@ def _migrate_request_log(client, database: str) -> None:
         FROM `{database}`.`{aside}` FINAL""")
 
 
-def insert_columns(client, table: str, cols: dict[str, list], database: str = DATABASE) -> None:
-    """One columnar insert; server-side connection failures become
-    ClickHouseUnavailable."""
+# Inserts skip ReplacingMergeTree's merge of the inserted block with itself:
+# rows of one run never repeat inside a block (a replay's copies arrive in
+# later inserts), every read uses FINAL, and the insert takes half the time.
+INSERT_SETTINGS = {"optimize_on_insert": 0}
+
+
+def insert_columns(client, table: str, cols: dict, database: str = DATABASE) -> None:
+    """One columnar insert (lists or numpy arrays, encoded as a Native block);
+    server-side connection failures become ClickHouseUnavailable."""
     names = list(cols)
     if table in TABLES:
-        types = column_types(table)
+        types = dict(zip(column_names(table), column_types(table)))
+        types = [types[n] for n in names]
     elif table in SWEEP_TABLES:
         types = sweep_column_types(table, names)
     else:
         types = [dict(RUNS_COLUMNS)[n] for n in names]
+    block = encode_block(names, types, [cols[n] for n in names])
     try:
         with client_lock(client):
-            client.insert(table, data=[cols[n] for n in names], column_names=names,
-                          column_type_names=types, column_oriented=True, database=database)
+            client.raw_insert(f"`{database}`.`{table}`", names, block, fmt="Native",
+                              settings=INSERT_SETTINGS)
     except OperationalError as exc:
         raise ClickHouseUnavailable(f"insert into {database}.{table} failed: {exc}") from exc
 
@@ -221,12 +230,13 @@ class ClickHouseWriter:
     """Buffers columns per table; flushes a table when it holds `batch_rows`
     rows. Thread-safe: Bytewax worker threads of a process share one."""
 
-    def __init__(self, client, run_id: str, batch_rows: int = 20_000, database: str = DATABASE):
+    def __init__(self, client, run_id: str, batch_rows: int = 100_000, database: str = DATABASE):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
         self.shard_bars: dict[int, int] = {}  # a sweep: bars each portfolio shard applied so far
         self.failed = False  # an insert failed: close_clients() leaves the rest alone
-        self._buffers: dict[str, dict[str, list]] = {}
+        self._buffers: dict[str, dict[str, list]] = {}  # table -> column -> its chunks
+        self._rows: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def add(self, table: str, events: list) -> None:
@@ -234,63 +244,88 @@ class ClickHouseWriter:
             return
         self.add_columns(table, to_columns(table, self.run_id, events))
 
-    def add_columns(self, table: str, cols: dict[str, list]) -> None:
-        """Buffer ready-made columns (as `to_columns` / `bar_block_columns` make)."""
-        if not _rows(cols):
+    def add_columns(self, table: str, cols: dict) -> None:
+        """Buffer ready-made columns (lists or arrays, as `to_columns` /
+        `bar_block_columns` make)."""
+        n = len(next(iter(cols.values()))) if cols else 0
+        if not n:
             return
         with self._lock:
-            buf = self._buffers.get(table)
-            if buf is None:
-                self._buffers[table] = cols
-            else:
-                for name, values in cols.items():
-                    buf[name].extend(values)
-            full = _rows(self._buffers[table]) >= self.batch_rows
-            batch = self._buffers.pop(table) if full else None
+            buf = self._buffers.setdefault(table, {name: [] for name in cols})
+            for name, values in cols.items():
+                buf[name].append(values)
+            self._rows[table] = self._rows.get(table, 0) + n
+            batch = self._take(table) if self._rows[table] >= self.batch_rows else None
         if batch is not None:
             self._write(table, batch)
 
+    def _take(self, table: str) -> dict:
+        """The table's buffered rows as one column each (lock held)."""
+        chunks = self._buffers.pop(table)
+        self._rows.pop(table, None)
+        order = _sorted_parts(table, chunks)
+        return {name: Parts([parts[i] for i in order] if order else parts) for name, parts in chunks.items()}
+
     def flush(self) -> None:
         with self._lock:
-            batches, self._buffers = self._buffers, {}
+            batches = {table: self._take(table) for table in list(self._buffers)}
         for table, batch in batches.items():
             self._write(table, batch)
 
     def pending(self) -> int:
         with self._lock:
-            return sum(_rows(b) for b in self._buffers.values())
+            return sum(self._rows.values())
 
-    def _write(self, table: str, batch: dict[str, list]) -> None:
+    def _write(self, table: str, batch: dict) -> None:
         try:
             insert_columns(self.client, table, batch, self.database)
         except Exception:
             with self._lock:  # keep the rows for a retry; order does not matter
                 buf = self._buffers.setdefault(table, {n: [] for n in batch})
-                for name, values in batch.items():
-                    buf[name].extend(values)
+                for name, parts in batch.items():
+                    buf[name].extend(parts)
+                self._rows[table] = self._rows.get(table, 0) + _rows(batch)
                 self.failed = True
             raise
         with self._lock:
             self.written[table] = self.written.get(table, 0) + _rows(batch)
 
 
-def _rows(cols: dict[str, list]) -> int:
-    return len(next(iter(cols.values()))) if cols else 0
+def _sorted_parts(table: str, chunks: dict) -> list | None:
+    """An order of the buffered parts by the table's first sort-key column,
+    when each part holds one value of it (bars and signals come a symbol at
+    a time): ClickHouse sorts every inserted block by its key, and a block
+    already in order inserts ~30 % faster (bench/README.md). Parts of one
+    value keep their order (a symbol's blocks arrive in time order)."""
+    key = TABLES[table][1][0] if table in TABLES else None
+    parts = chunks.get(key)
+    if not parts or len(parts) < 2 or not all(
+            isinstance(p, list) and p and p.count(p[0]) == len(p) for p in parts):
+        return None
+    return sorted(range(len(parts)), key=lambda i: parts[i][0])
+
+
+def _rows(batch: dict) -> int:
+    """Rows of buffered columns (a run's tables lead with run_id, a sweep's with sweep_id)."""
+    return sum(map(len, next(iter(batch.values())))) if batch else 0
 
 
 # ------------------------------------------------- the process's shared writers
 _writers: dict[tuple[str, str], ClickHouseWriter] = {}
 
 
-def shared_writer(dsn: str, run_id: str, batch_rows: int = 20_000) -> ClickHouseWriter:
-    """The process's writer for (dsn, run_id); creates the schema once."""
+def shared_writer(dsn: str, run_id: str, batch_rows: int = 100_000,
+                  schema_ready: bool = False) -> ClickHouseWriter:
+    """The process's writer for (dsn, run_id); creates the schema once
+    (`schema_ready`: the caller just did)."""
     client = open_client(dsn)
     key = (normalise_dsn(dsn), run_id)
     with _registry_lock:
         writer = _writers.get(key)
     if writer is None:
-        with client_lock(client):
-            ensure_schema(client)
+        if not schema_ready:
+            with client_lock(client):
+                ensure_schema(client)
         with _registry_lock:
             writer = _writers.setdefault(key, ClickHouseWriter(client, run_id, batch_rows))
     return writer

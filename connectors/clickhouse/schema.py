@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from operator import attrgetter
 
+import numpy as np
+
 from connectors.alpaca.order_history import RANK
 
 DATABASE = "thousandcuts"
@@ -98,24 +100,18 @@ def to_columns(table: str, run_id: str, events: list) -> dict[str, list]:
     return cols
 
 
-def bar_block_columns(run_id: str, block) -> dict[str, list]:
-    """The `bars` table's columns from an `operators.columnar.BarBlock`."""
+def bar_block_columns(run_id: str, block) -> dict:
+    """The `bars` table's columns from an `operators.columnar.BarBlock`
+    (numpy arrays where the block has them; NaN or a missing column: null)."""
     n = len(block)
+    absent = np.full(n, np.nan)
     return {
-        "run_id": [run_id] * n, "symbol": [block.symbol] * n, "ts": (block.ts * 1000).tolist(),
-        "open": block.open.tolist(), "high": block.high.tolist(), "low": block.low.tolist(),
-        "close": block.close.tolist(), "volume": block.volume.tolist(),
-        "trade_count": _nullable(block.trade_count, n), "vwap": _nullable(block.vwap, n),
+        "run_id": [run_id] * n, "symbol": [block.symbol] * n, "ts": block.ts * 1000,
+        "open": block.open, "high": block.high, "low": block.low, "close": block.close,
+        "volume": block.volume,
+        "trade_count": absent if block.trade_count is None else block.trade_count,
+        "vwap": absent if block.vwap is None else block.vwap,
     }
-
-
-def _nullable(values, n: int) -> list:
-    if values is None:
-        return [None] * n
-    out = values.tolist()
-    if any(v != v for v in out):  # NaN means absent
-        out = [None if v != v else v for v in out]
-    return out
 
 
 def current_state_sql(database: str = DATABASE) -> str:

@@ -93,7 +93,7 @@ class ClickHouseSink(FixedPartitionedSink):
 
     partition_key = "clickhouse"
 
-    def __init__(self, dsn: str, run_id: str, batch_rows: int = 20_000,
+    def __init__(self, dsn: str, run_id: str, batch_rows: int = 100_000,
                  flush_each_batch: bool = False, owner: bool = True):
         self.dsn, self.run_id, self.batch_rows = dsn, run_id, batch_rows
         self.flush_each_batch = flush_each_batch  # recovery and live runs

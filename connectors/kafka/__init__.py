@@ -10,8 +10,9 @@ Modules
     `columns`      a symbol's part of a fetched batch as columns (`_Group`), `MessageOrigins`
     `publish`      `publish_plan` (which bars before which marker; pure) and `publish_columns` (runs it)
     `trade_topic`  trade_updates topic: record format, encode / decode
+    `errors`       the package's errors (no kafka-python import)
   I/O:
-    `admin`        errors, `ensure_topic`, `topic_partitions`, `topic_identity`
+    `admin`        `ensure_topic`, `topic_partitions`, `topic_identity`
     `producer`     `BarProducer`
     `partition`    `_BarPartition`: a fetched batch -> Chunk / Watermark items
     `source`       `KafkaBarSource`, its raw partition, the dead-letter writer

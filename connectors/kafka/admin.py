@@ -15,29 +15,14 @@ from kafka.errors import (
 from connectors.kafka.codec import _one_line
 
 
-# ---------------------------------------------------------------- errors
-class KafkaConnectorError(RuntimeError):
-    """Base of this module's errors; the message is one line naming the bootstrap."""
-
-
-class KafkaUnavailable(KafkaConnectorError):
-    """Kafka cannot be reached, or did not acknowledge within the client's own
-    retries (delivery timeout): stop with this message, check the broker."""
-
-
-class KafkaRejected(KafkaConnectorError):
-    """The broker refused a request for a reason retrying cannot fix (record
-    too large, bad configuration, ...): stop with this message, fix the cause."""
-
-
-class TopicMissing(KafkaRejected):
-    """The topic does not exist (create it with `ensure_topic`)."""
-
-
-class TopicChanged(KafkaConnectorError):
-    """The topic was deleted and re-created (or the in-memory broker restarted)
-    since the recovery snapshot was taken: the stored offsets belong to another
-    topic. Start with a fresh recovery directory."""
+# the errors live in connectors.kafka.errors (importable without kafka-python)
+from connectors.kafka.errors import (  # noqa: E402,F401
+    KafkaConnectorError,
+    KafkaRejected,
+    KafkaUnavailable,
+    TopicChanged,
+    TopicMissing,
+)
 
 
 def _typed(exc: BaseException, bootstrap: str, what: str) -> KafkaConnectorError:

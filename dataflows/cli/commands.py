@@ -15,7 +15,7 @@ from connectors.clickhouse.client import (
 )
 from connectors.config import clickhouse_dsn, kafka_bootstrap, load_trading_config
 from connectors.files.barfile import BarFileError, read_bar_file
-from connectors.kafka.admin import KafkaConnectorError
+from connectors.kafka.errors import KafkaConnectorError
 from dataflows.backtest import run_backtest, run_replay
 from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
@@ -81,7 +81,8 @@ def cmd_backtest(args) -> int:
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
-                              snapshot_s=args.snapshot_s, addresses=addresses, process_id=args.process_id)
+                              snapshot_s=args.snapshot_s, addresses=addresses, process_id=args.process_id,
+                              memory_rows=args.memory_bars)
     else:
         result = run_replay(args.kafka, args.topic, config, dsn, args.run_id, workers=args.workers,
                             recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import signal
 import sys
 
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
     _cluster_args(bt)
+    # bars of a file held in memory; a larger file is put in event-time order on disk (tests)
+    bt.add_argument("--memory-bars", type=_positive_int, default=None, help=argparse.SUPPRESS)
     _recovery_args(bt)
 
     run = sub.add_parser("run", help="live: tail the bars topic through the flow (simulated broker, "
@@ -138,6 +142,19 @@ def _user_error_inside(exc: BaseException, kinds: tuple) -> BaseException | None
     return None
 
 
+def run() -> None:
+    """The `cuts` program: `main()`, then out without the interpreter's
+    teardown. Freeing every module and chDB's engine at exit took 0.3-0.5 s
+    of a 2 s backtest; the exit handlers (atexit: logging, temporary
+    directories) still run, every client is closed and the outputs are
+    flushed first. An exception leaves the usual way, with its traceback."""
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     raise_on_signals()  # SIGTERM as SIGINT: one line and 128 + signal, never a traceback
     try:
@@ -178,4 +195,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
