@@ -24,7 +24,6 @@ from bytewax.outputs import FixedPartitionedSink
 
 from dataflows.shards import assign, shard_keys
 from operators.columnar import BarBlock
-from operators.compiled_portfolio import CompiledPortfolio
 from operators.config import TradingConfig
 from operators.config_book import new_book
 from operators.live_portfolio import BrokerPortfolio
@@ -101,8 +100,6 @@ class PortfolioLogic(StatefulBatchLogic):
         s = self.settings
         if s.broker_fills:
             return PortfolioStage.new(BrokerPortfolio.new(s.config, s.sessions, s.blocked), self.partitions)
-        if s.sweep is None:  # a run: the compiled simulated broker of its configuration
-            return PortfolioStage.new(CompiledPortfolio.new(s.config), self.partitions)
         configs = s.configs()
         index = {cid: i for i, (cid, _) in enumerate(configs)}
         if s.sweep is None:

@@ -2,157 +2,170 @@
 same bars in the same event-time order (spec section 8: configurations
 never interact; each gets exactly the results of a backtest of it alone).
 
-`PortfolioStage` (operators/ordering.py) feeds a book the bars it may
-apply, in (timestamp, symbol) order, and the kill-switch controls between
-them. A book is the *evaluator* of its configurations and needs four
-methods:
+There is one evaluator, the compiled portfolio step
+(`operators.compiled_portfolio`, over a configuration axis), the one
+`cuts backtest` runs; a run's book is simply its `CompiledPortfolio` of one
+configuration. A sweep shard's book (`SweepBook`) is a `CompiledPortfolio`
+of the shard's configurations, and adds what a sweep needs around it:
 
-- `apply_bars(batch, lo, hi, out)`: bars `lo:hi` of an `OrderedBars`;
-- `apply_control(control, out)`: a kill-switch control, for every configuration;
-- `close_minute(out)`: every minute below the watermark is complete;
-- `take(final)`: a sweep's `SweepOutput` of what was decided since the last
-  call (None for a run, whose events went straight into `out`).
+- signals: the symbol stage emits the union of the configurations'
+  signals (`operators.signal_plan`), and each configuration's
+  `SignalRoute` says which are its own, under which of its strategy ids,
+  in which order, and which its filters drop. `signal_columns` turns a
+  chunk's union signals into the kernel's rows: one set of rows per
+  distinct route, each in that route's configuration order, with
+  `mask[row, c]` true only for that route's configurations, so each
+  configuration sees exactly the signals, in exactly the order, it gets
+  alone (the kernel takes a bar's BUY rows in row order);
+- outputs: trades (with `detail` also orders, fills, rejections) decoded
+  per configuration; the per-minute equity points, never decoded, folded
+  into daily rows (`operators.day_ledger`).
 
-`ConfigBook` is the evaluator here: one `operators.portfolio.Portfolio` per
-configuration, exact by construction (the same code as a backtest). A
-compiled evaluator over arrays of configuration state plugs in at
-`new_book` with the same four methods.
-
-A run (backtest, replay, paper) is the one-configuration book whose events,
-per-minute equity included, go to the run's tables. A sweep's book keeps,
-per configuration, a `DayLedger` that folds the per-minute equity into
-`DayRow`s, and reports trades (orders, fills, rejections with `detail`).
+`PortfolioStage` (operators/ordering.py) drives either book the same way:
+`apply_batch`, `apply_control`, `close_minute`; `take(final)` gives a
+sweep's `SweepOutput` of what was decided since the last call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import numpy as np
 
-from operators.calendar import trading_day
-from operators.config import TradingConfig
-from operators.portfolio import Portfolio
-from operators.types import ConfigEvents, DayRow, PortfolioOutput, SweepOutput
+from operators import portfolio_kernel as K
+from operators.compiled_portfolio import CompiledPortfolio, EventLog, trading_days
+from operators.day_ledger import DayLedgers
+from operators.ordering import SignalColumns
+from operators.types import SELL, ConfigEvents, PortfolioOutput, SweepOutput
 
-
-@dataclass(slots=True)
-class DayLedger:
-    """One configuration's days, from its per-minute equity points (in order)."""
-
-    config_id: str
-    initial_cash: float
-    prev_equity: float  # E_{d-1}
-    peak: float = float("-inf")  # running maximum of the minute equity
-    day: int | None = None
-    equity: float = 0.0
-    minutes: int = 0
-    in_market: int = 0
-    worst: float = 0.0
-    exposure_sum: float = 0.0
-    exposure_minutes: int = 0
-
-    @classmethod
-    def new(cls, config_id: str, initial_cash: float) -> "DayLedger":
-        return cls(config_id, initial_cash, initial_cash)
-
-    def fold(self, points, rows: list) -> None:
-        cash = self.initial_cash
-        for p in points:
-            day = trading_day(p.ts)
-            if day != self.day:
-                if self.day is not None:
-                    self._close_day(rows)
-                self.day = day
-            e = p.equity
-            self.equity = e
-            self.minutes += 1
-            if p.open_positions > 0:
-                self.in_market += 1
-            if e > self.peak:
-                self.peak = e
-            # as analytics.performance: 1 - equity / greatest(peak, initial cash)
-            dd = 1 - e / (self.peak if self.peak > cash else cash)
-            if dd > self.worst:
-                self.worst = dd
-            if e != 0:
-                self.exposure_sum += p.exposure / e
-                self.exposure_minutes += 1
-
-    def finish(self, rows: list) -> None:
-        if self.day is not None:
-            self._close_day(rows)
-            self.day = None
-
-    def _close_day(self, rows: list) -> None:
-        ret = self.equity / self.prev_equity - 1 if self.prev_equity else float("nan")
-        rows.append(DayRow(self.config_id, self.day, self.equity, ret, self.minutes, self.in_market,
-                           self.worst, self.exposure_sum, self.exposure_minutes))
-        self.prev_equity = self.equity
-        self.minutes = self.in_market = self.exposure_minutes = 0
-        self.worst = self.exposure_sum = 0.0
+_DETAIL_KINDS = (K.EV_ORDER, K.EV_FILL, K.EV_REJECT)
 
 
-@dataclass
-class ConfigBook:
-    """The Python evaluator: a Portfolio per configuration."""
+class RouteTable:
+    """Per union strategy (column u; the last column: none of them), what one
+    route makes of its signals: the configuration's strategy index in the
+    book (`g`) and rank (-1: not its signal), the confidence its entry
+    gives them (NaN: the union signal's own) and the BUY filters of
+    `SignalTerms.filter_reason` (confidence below min_confidence, risk/reward
+    below min_risk_reward)."""
 
-    config_ids: tuple
-    portfolios: list
-    routes: tuple  # per configuration: operators.signal_plan.SignalRoute or None
-    ledgers: list | None  # a sweep: DayLedger per configuration; a run: None
-    detail: bool = False
-    shard: int = 0
-    outs: list = field(default_factory=list)
-    bars_applied: int = 0
+    def __init__(self, route, sources: dict, strategy_index: dict):
+        n = len(sources) + 1
+        self.rank = np.full(n, -1, dtype=np.int64)
+        self.g = np.zeros(n, dtype=np.int64)
+        self.confidence = np.full(n, np.nan)
+        self.min_confidence = np.zeros(n)
+        self.rr_ok = np.zeros(n, dtype=np.bool_)
+        for union_id, rank, terms, confidence in route.sources:
+            u = sources[union_id]
+            self.rank[u], self.g[u] = rank, strategy_index[terms.strategy_id]
+            if confidence is not None:
+                self.confidence[u] = confidence
+            self.min_confidence[u] = terms.min_confidence
+            self.rr_ok[u] = not terms.risk_reward < terms.min_risk_reward
 
-    def __post_init__(self):
-        if not self.outs:
-            self.outs = [PortfolioOutput() for _ in self.config_ids]
+    def passed(self, src: np.ndarray, sell: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """Which of the signals (union columns `src`) are this route's and pass."""
+        own = self.confidence[src]
+        conf = np.where(np.isnan(own), confidence, own)
+        buy_ok = ~(conf < self.min_confidence[src]) & self.rr_ok[src]
+        return (self.rank[src] >= 0) & (sell | buy_ok)
 
+
+class SweepBook:
+    """A sweep shard's configurations on the compiled portfolio step."""
+
+    def __init__(self, members: list, detail: bool = False, shard: int = 0):
+        """members: [(config_id, TradingConfig, SignalRoute | None)]."""
+        self.config_ids = [m[0] for m in members]
+        self.book = CompiledPortfolio.new([m[1] for m in members], record_equity=True)
+        routes: dict = {}  # distinct route -> its configurations (equal routes are shared)
+        for c, (_, _, route) in enumerate(members):
+            if route is not None:
+                routes.setdefault(route, []).append(c)
+        self.sources = {u: i for i, u in enumerate(dict.fromkeys(
+            s[0] for route in routes for s in route.sources))}
+        index = self.book.strategy_index
+        self.tables = [RouteTable(route, self.sources, index) for route in routes]
+        self.route_masks = np.zeros((len(routes), len(members)), dtype=np.bool_)
+        for r, configs in enumerate(routes.values()):
+            self.route_masks[r, configs] = True
+        self.ledgers = DayLedgers(self.config_ids, [float(m[1].risk.initial_cash) for m in members])
+        self.detail = detail
+        self.shard = shard
+        self.outs = [PortfolioOutput() for _ in self.config_ids]
+        self.days: list = []
+        self.bars_applied = 0
+
+    # -- what PortfolioStage's compiled path uses --------------------------
     @property
-    def portfolio(self) -> Portfolio:
-        """The one configuration of a run."""
-        return self.portfolios[0]
+    def strategy_index(self) -> dict:
+        return self.book.strategy_index
 
-    # -- the evaluator -----------------------------------------------------
-    def apply_bars(self, batch, lo: int, hi: int, out: PortfolioOutput) -> None:
-        self.bars_applied += hi - lo
-        symbols = batch.symbols
-        ranks, ts = batch.rank[lo:hi], batch.ts[lo:hi]
-        o, h, low, c = batch.open[lo:hi], batch.high[lo:hi], batch.low[lo:hi], batch.close[lo:hi]
-        picked: dict = {}  # route -> its signals for this batch (configurations share routes)
-        no_signals: dict = {}
-        for k, p in enumerate(self.portfolios):
-            route = self.routes[k]
-            if route is None:
-                sigs = batch.signals
-            else:
-                sigs = picked.get(route)
-                if sigs is None:
-                    sigs = picked[route] = route.select(batch.signals)
-            target = out if self.ledgers is None else self.outs[k]
-            apply = p.apply
-            for r, t, op_, hi_, lo_, cl in zip(ranks, ts, o, h, low, c):
-                symbol = symbols[r]
-                apply(symbol, t, op_, hi_, lo_, cl, sigs.get(symbol, no_signals).get(t), target)
+    def code(self, symbol: str) -> int:
+        return self.book.code(symbol)
 
-    def apply_control(self, control, out: PortfolioOutput) -> None:
-        for k, p in enumerate(self.portfolios):
-            p.apply_control(control, out if self.ledgers is None else self.outs[k])
+    def signal_columns(self, block, signals: dict) -> SignalColumns:
+        """A chunk's union signals as the kernel's rows (see the module docstring)."""
+        if not self.tables:  # every configuration's signals are the union's, as they are
+            return SignalColumns.of(block, signals, self.book.strategy_index)
+        sigs = [sig for at in signals.values() for sig in at] if signals else []
+        n = len(sigs)
+        none = len(self.sources)
+        ts = np.fromiter((x.ts for x in sigs), dtype=np.int64, count=n)
+        src = np.fromiter((self.sources.get(x.strategy_id, none) for x in sigs), dtype=np.int64, count=n)
+        sell = np.fromiter((x.side == SELL for x in sigs), dtype=np.bool_, count=n)
+        price = np.fromiter((x.price for x in sigs), dtype=np.float64, count=n)
+        confidence = np.fromiter((x.confidence for x in sigs), dtype=np.float64, count=n)
+        rows, route, rank, g = [], [], [], []
+        for r, table in enumerate(self.tables):
+            mine = np.flatnonzero(table.passed(src, sell, confidence))
+            rows.append(mine)
+            route.append(np.full(len(mine), r, dtype=np.int64))
+            rank.append(table.rank[src[mine]])
+            g.append(table.g[src[mine]])
+        rows, route, rank, g = (np.concatenate(x) for x in (rows, route, rank, g))
+        order = np.lexsort((rank, route, ts[rows]))  # by bar; a route's rows together, in its order
+        rows, route, g = rows[order], route[order], g[order]
+        cols = SignalColumns(ts[rows], g, sell[rows], price[rows], self.route_masks[route])
+        at = np.searchsorted(block.ts, cols.ts)  # only the block's own bars (a late bar's go with it)
+        mine = at < len(block.ts)
+        mine[mine] = block.ts[at[mine]] == cols.ts[mine]
+        return cols.take(np.flatnonzero(mine))
 
-    def close_minute(self, out: PortfolioOutput) -> None:
-        for k, p in enumerate(self.portfolios):
-            p.close_minute(out if self.ledgers is None else self.outs[k])
+    def apply_batch(self, batch, start: int = 0, stop: int | None = None, out=None) -> None:
+        stop = len(batch) if stop is None else stop
+        self.bars_applied += stop - start
+        self._absorb(self.book.apply_batch(batch, start, stop, raw=True))
 
-    def take(self, final: bool = False) -> SweepOutput | None:
-        if self.ledgers is None:
-            return None
+    def apply_control(self, control, out) -> None:
+        self.book.apply_control(control, self.outs)
+
+    def close_minute(self, out) -> None:
+        self._absorb(self.book.close_minute(raw=True))
+
+    # -- a sweep's output ---------------------------------------------------
+    def _absorb(self, log: EventLog | None) -> None:
+        if log is None or not len(log):
+            return
+        kinds = log.ev_i[:, K.EI_KIND]
+        eq = kinds == K.EV_EQUITY
+        if eq.any():
+            ev_i, ev_f = log.ev_i[eq], log.ev_f[eq]
+            self.days.extend(self.ledgers.fold(
+                ev_i[:, K.EI_CFG], trading_days(ev_i[:, K.EI_TS]), ev_f[:, K.EF_Y], ev_i[:, K.EI_QTY],
+                ev_f[:, K.EF_Z]))
+        keep = kinds == K.EV_TRADE
+        if self.detail:
+            keep |= np.isin(kinds, _DETAIL_KINDS)
+        if keep.any():
+            self.book.decode(EventLog(log.ev_i[keep], log.ev_f[keep]), self.outs)
+
+    def take(self, final: bool = False) -> SweepOutput:
         result = SweepOutput(self.shard, bars_applied=self.bars_applied, final=final)
-        for k, o in enumerate(self.outs):
-            if o.equity:
-                self.ledgers[k].fold(o.equity, result.days)
-            if final:
-                self.ledgers[k].finish(result.days)
+        if final:
+            self.days.extend(self.ledgers.finish())
+        result.days, self.days = self.days, []
+        for c, o in enumerate(self.outs):
             if o.trades or o.controls or (self.detail and (o.orders or o.fills or o.rejections)):
-                ev = ConfigEvents(self.config_ids[k], o.trades, controls=o.controls)
+                ev = ConfigEvents(self.config_ids[c], o.trades, controls=o.controls)
                 if self.detail:
                     ev.orders, ev.fills, ev.rejections = o.orders, o.fills, o.rejections
                 result.configs.append(ev)
@@ -160,14 +173,13 @@ class ConfigBook:
         return result
 
 
-def new_book(members: list, *, daily: bool, detail: bool = False, shard: int = 0) -> ConfigBook:
+def new_book(members: list, *, daily: bool, detail: bool = False, shard: int = 0):
     """A book of `members` [(config_id, TradingConfig, SignalRoute | None)].
-    `daily`: a sweep's book (DayRows); otherwise a run's single configuration."""
-    if not daily and len(members) != 1:
+    `daily`: a sweep shard's `SweepBook`; otherwise a run's single
+    configuration, its plain `CompiledPortfolio` (its events, per-minute
+    equity included, go to the run's tables)."""
+    if daily:
+        return SweepBook(members, detail, shard)
+    if len(members) != 1:
         raise ValueError("a run's book holds exactly one configuration")
-    ids = tuple(m[0] for m in members)
-    configs: list[TradingConfig] = [m[1] for m in members]
-    ledgers = [DayLedger.new(cid, float(cfg.risk.initial_cash)) for cid, cfg in zip(ids, configs)] \
-        if daily else None
-    return ConfigBook(ids, [Portfolio.new(cfg) for cfg in configs], tuple(m[2] for m in members),
-                      ledgers, detail, shard)
+    return CompiledPortfolio.new(members[0][1])

@@ -11,7 +11,6 @@ timing, so worker count and interleaving cannot change the result.
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -103,7 +102,7 @@ class PartitionCursor:
 class PortfolioStage:
     # the simulated broker's compiled book (operators.compiled_portfolio:
     # backtests, sweeps), or a Python Portfolio (BrokerPortfolio when a broker
-    # fills the orders), or a sweep's book of configurations (operators.config_book)
+    # fills the orders), or a sweep shard's book (operators.config_book: compiled too)
     portfolio: Portfolio
     cursors: dict  # partition -> PartitionCursor; every source partition is known
     # (BarBlock, its signals) not yet applied: by ts, or SignalColumns for the compiled book
@@ -173,7 +172,10 @@ class PortfolioStage:
                 block = block.take(np.flatnonzero(~late))
             signals = result.signals
             if hasattr(self.portfolio, "apply_batch"):  # the compiled book takes columns
-                signals = SignalColumns.of(block, signals, self.portfolio.strategy_index)
+                # (a sweep's book picks each configuration's signals out of the union's)
+                columns = getattr(self.portfolio, "signal_columns", None)
+                signals = (columns(block, signals) if columns is not None
+                           else SignalColumns.of(block, signals, self.portfolio.strategy_index))
             self.buffer.append((block, signals))
 
     def _advance(self, watermark: int, out: PortfolioOutput) -> None:
@@ -232,45 +234,30 @@ class PortfolioStage:
                         updates: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
         book = self.portfolio
+        symbols = sorted({b.symbol for b, _ in ready})
+        rank = {s: i for i, s in enumerate(symbols)}
+        ts = np.concatenate([b.ts for b, _ in ready])
+        ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
+        order = np.lexsort((ranks, ts))
         if hasattr(book, "apply_batch"):  # the compiled book
-            symbols = sorted({b.symbol for b, _ in ready})
-            rank = {s: i for i, s in enumerate(symbols)}
-            ts = np.concatenate([b.ts for b, _ in ready])
-            ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
-            order = np.lexsort((ranks, ts))
             self._apply_compiled(ready, symbols, ts[order], ranks[order], order, out, controls)
             return
-        batch = OrderedBars.of(ready)
-        if hasattr(book, "apply_bars"):  # a book of configurations (operators.config_book)
-            self._apply_book(batch, out, controls)
-            out.applied_bars += len(batch.ts)
-            return
-        symbols, sig_by_symbol = batch.symbols, batch.signals
+        cols = [np.concatenate([getattr(b, f) for b, _ in ready])[order].tolist()
+                for f in ("open", "high", "low", "close")]
+        sig_by_symbol: dict = {}
+        for b, signals in ready:
+            if signals:
+                sig_by_symbol.setdefault(b.symbol, {}).update(signals)
         apply = book.apply
         no_signals: dict = {}
-        for r, t, o, h, lo, c in zip(batch.rank, batch.ts, batch.open, batch.high, batch.low, batch.close):
+        for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
             symbol = symbols[r]
             if controls and controls[0].ts <= t:
                 self._apply_controls(controls, t, out)
             if updates and (updates[0][0], updates[0][1]) <= (t, symbol):
                 self._apply_updates(updates, (t, symbol), out)
             apply(symbol, t, o, h, lo, c, sig_by_symbol.get(symbol, no_signals).get(t), out)
-        out.applied_bars += len(batch.ts)
-
-    def _apply_book(self, batch: "OrderedBars", out: PortfolioOutput, controls: list) -> None:
-        """The bars in runs between the controls: a control effective at ts
-        applies before the first bar at or after ts (as in the loop above)."""
-        lo, n = 0, len(batch.ts)
-        while controls and lo < n:
-            hi = bisect.bisect_left(batch.ts, controls[0].ts, lo)
-            if hi >= n:
-                break
-            if hi > lo:
-                self.portfolio.apply_bars(batch, lo, hi, out)
-            self._apply_controls(controls, batch.ts[hi], out)
-            lo = hi
-        if lo < n:
-            self.portfolio.apply_bars(batch, lo, n, out)
+        out.applied_bars += len(ts)
 
     def _apply_compiled(self, ready: list, symbols: list, ts: np.ndarray, ranks: np.ndarray,
                         order: np.ndarray, out: PortfolioOutput, controls: list) -> None:
@@ -293,7 +280,8 @@ class PortfolioStage:
             codes[ranks], ts, *(np.concatenate([getattr(b, f) for b, _ in ready])[order]
                                 for f in ("open", "high", "low", "close")),
             at[ours], *(np.concatenate([getattr(s, f) for s in sigs])[ours]
-                        for f in ("strategy", "sell", "price")))
+                        for f in ("strategy", "sell", "price")),
+            sig_mask=np.concatenate([s.mask for s in sigs])[ours] if sigs[0].mask is not None else None)
         start = 0
         while controls:
             cut = int(np.searchsorted(ts, controls[0].ts, side="left"))
@@ -307,36 +295,6 @@ class PortfolioStage:
 
 
 @dataclass(slots=True)
-class OrderedBars:
-    """Ready bars of several symbols in (timestamp, symbol) order, as lists."""
-
-    symbols: list  # the distinct symbols, sorted; `rank` indexes them
-    rank: list
-    ts: list
-    open: list
-    high: list
-    low: list
-    close: list
-    signals: dict  # symbol -> {ts: [Signal]}
-
-    @classmethod
-    def of(cls, ready: list) -> "OrderedBars":
-        """From (BarBlock, signals by ts) pairs."""
-        symbols = sorted({b.symbol for b, _ in ready})
-        rank = {s: i for i, s in enumerate(symbols)}
-        ts = np.concatenate([b.ts for b, _ in ready])
-        ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
-        order = np.lexsort((ranks, ts))
-        cols = [np.concatenate([getattr(b, f) for b, _ in ready])[order].tolist()
-                for f in ("open", "high", "low", "close")]
-        sig_by_symbol: dict = {}
-        for b, signals in ready:
-            if signals:
-                sig_by_symbol.setdefault(b.symbol, {}).update(signals)
-        return cls(symbols, ranks[order].tolist(), ts[order].tolist(), *cols, sig_by_symbol)
-
-
-@dataclass(slots=True)
 class SignalColumns:
     """A block's signals for the compiled book, sorted by bar time (a bar's
     own signals keep their list order)."""
@@ -345,6 +303,8 @@ class SignalColumns:
     strategy: np.ndarray  # the book's strategy index
     sell: np.ndarray
     price: np.ndarray
+    # a sweep's book: mask[row, c], configuration c acts on the row (None: every one)
+    mask: np.ndarray | None = None
 
     @classmethod
     def of(cls, block: BarBlock, signals: dict, strategy_index: dict) -> "SignalColumns":
@@ -365,7 +325,8 @@ class SignalColumns:
         return cls(ts[mine], strategy[order], sell[order], price[order])
 
     def take(self, index) -> "SignalColumns":
-        return SignalColumns(self.ts[index], self.strategy[index], self.sell[index], self.price[index])
+        return SignalColumns(self.ts[index], self.strategy[index], self.sell[index], self.price[index],
+                             None if self.mask is None else self.mask[index])
 
 
 def block_from_bars(bars: list) -> BarBlock:
