@@ -157,7 +157,7 @@ def test_two_live_processes_tail_a_topic_to_the_backtests_trades(broker, market,
 
 def test_sigkill_and_restart_of_a_sweep_loses_and_doubles_nothing(broker, tmp_path_factory):
     d = tmp_path_factory.mktemp("sigkill")
-    cuts("generate", "--symbols", "31", "--days", "10", "--seed", "6", "--out", str(d / "bars.parquet"))
+    cuts("generate", "--symbols", "31", "--days", "30", "--seed", "6", "--out", str(d / "bars.parquet"))
     cuts("publish", "--bars", str(d / "bars.parquet"), "--kafka", broker, "--topic", "sigkill",
          "--partitions", "2", "--records", "bar")
     (d / "grid.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
