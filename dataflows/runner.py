@@ -142,7 +142,7 @@ class Trading:
 
 
 def _run_each_kernel_entry() -> None:
-    """Each entry point of the compiled step once, on two bars."""
+    """Each entry point of the compiled step (and a sweep's day ledger) once, on two bars."""
     from operators.compiled_portfolio import BarBatch, CompiledPortfolio, new_outputs
     from operators.ordering import Control
 
@@ -154,6 +154,11 @@ def _run_each_kernel_entry() -> None:
     book.apply_batch(batch, 0, len(batch), outs)
     book.apply_control(Control(0, 0, "warm", "halt", True, 120, "", ""), outs)
     book.close_minute(outs)
+    from operators.day_ledger import DayLedgers  # a sweep's daily rows
+
+    ledgers = DayLedgers(["warm"], [1.0])
+    ledgers.fold([0], [1], [1.0], [0], [0.0])
+    ledgers.finish()
 
 
 def warm_portfolio_step(notice=None) -> None:
