@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main, run_main
@@ -23,7 +24,7 @@ from connectors.clickhouse.client import ensure_schema, open_client, shared_writ
 from connectors.clickhouse.runs import clear_run, record_run_end, record_run_start
 from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
-from dataflows.flow import FlowSettings, build_flow
+from dataflows.flow import FlowSettings, SweepSettings, build_flow
 from dataflows.stop import RunInterrupted, StopRequest, stop_on_signals
 from operators.config import TradingConfig
 
@@ -40,6 +41,15 @@ class RunSpec:
     addresses: list = field(default_factory=list)  # multi-process: every process's host:port
     process_id: int = 0
     source_identity: dict = field(default_factory=dict)  # what a recovery dir is bound to
+    sweep: SweepSettings | None = None  # several configurations (cuts sweep)
+    # the owner's bookkeeping once the run's rows are cleared, before the flow: (client, resuming)
+    on_start: Callable | None = None
+
+    @property
+    def owner(self) -> bool:
+        """This process holds the database: every ClickHouse write and the run
+        bookkeeping happen here (the other processes never open it)."""
+        return self.process_id == 0
 
 
 @dataclass
@@ -57,15 +67,16 @@ def config_hash(config: TradingConfig) -> str:
 class BarsWrittenProgress:
     """For sources without a known total: bars stored so far, every second."""
 
-    def __init__(self, writer, stream=sys.stderr):
+    def __init__(self, writer, stream=sys.stderr, count=None):
         self.writer, self.stream = writer, stream
+        self.count = count or (lambda w: w.written.get("bars", 0))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def _run(self) -> None:
         started = time.monotonic()
         while not self.stop.wait(1.0):
-            n = self.writer.written.get("bars", 0)
+            n = self.count(self.writer)
             rate = n / max(time.monotonic() - started, 1e-9)
             tty = self.stream.isatty()  # a live line on a terminal, one line a second in logs
             cr = "\r" if tty else ""
@@ -131,7 +142,7 @@ class Trading:
 
 
 def _run_each_kernel_entry() -> None:
-    """Each entry point of the compiled step once, on two bars."""
+    """Each entry point of the compiled step (and a sweep's day ledger) once, on two bars."""
     from operators.compiled_portfolio import BarBatch, CompiledPortfolio, new_outputs
     from operators.ordering import Control
 
@@ -143,6 +154,17 @@ def _run_each_kernel_entry() -> None:
     book.apply_batch(batch, 0, len(batch), outs)
     book.apply_control(Control(0, 0, "warm", "halt", True, 120, "", ""), outs)
     book.close_minute(outs)
+    from operators.day_ledger import DayLedgers  # a sweep's daily rows
+
+    ledgers = DayLedgers(["warm"], [1.0])
+    ledgers.fold([0], [1], [1.0], [0], [0.0])
+    ledgers.finish()
+
+
+# Loading the cached step takes ~0.5 s, over 1.5 s on a busy machine;
+# compiling it takes 6-12 s. The notice needs both an invalid cache and a
+# wait longer than this.
+COMPILE_NOTICE_S = 3.0
 
 
 def _portfolio_step_cached() -> bool:
@@ -152,9 +174,11 @@ def _portfolio_step_cached() -> bool:
     try:
         from numba.core.registry import CPUDispatcher
 
+        import operators.day_ledger as ledger
         import operators.portfolio_kernel as kernel
 
-        entries = [f for f in vars(kernel).values() if isinstance(f, CPUDispatcher)]
+        entries = [f for module in (kernel, ledger) for f in vars(module).values()
+                   if isinstance(f, CPUDispatcher)]
         # _load_index is numba's own check (empty when missing or stale); any
         # surprise there counts as "not cached", which only shows the notice.
         return bool(entries) and all(f._cache._cache_file._load_index() for f in entries)
@@ -169,7 +193,7 @@ def warm_portfolio_step(notice=None) -> None:
     if notice is not None and _portfolio_step_cached():
         notice = None
     if notice is not None:
-        timer = threading.Timer(1.0, notice, ("compiling the portfolio step (once per checkout, "
+        timer = threading.Timer(COMPILE_NOTICE_S, notice, ("compiling the portfolio step (once per checkout, "
                                               "cached in operators/__pycache__) ...",))
         timer.daemon = True
         timer.start()
@@ -180,7 +204,7 @@ def warm_portfolio_step(notice=None) -> None:
         if timer is not None:
             timer.cancel()
     seconds = time.monotonic() - started
-    if notice is not None and seconds > 1.0:
+    if notice is not None and seconds > COMPILE_NOTICE_S:
         notice(f"compiled the portfolio step in {seconds:.1f} s")
 
 
@@ -210,23 +234,30 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
 
 def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None,
              stop: StopRequest) -> RunResult:
-    client = open_client(spec.dsn)
-    ensure_schema(client)
-    shared_writer(spec.dsn, spec.run_id, schema_ready=True)  # the sink's, without a second ensure_schema
+    owner = spec.owner
+    client = None
+    if owner:
+        client = open_client(spec.dsn)
+        ensure_schema(client)
+        shared_writer(spec.dsn, spec.run_id, schema_ready=True)  # the sink's, without a second ensure_schema
     recovery = None
     if spec.recovery_dir:
         identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
         total_workers = spec.workers * max(1, len(spec.addresses))
         recovery = rec.prepare(spec.recovery_dir, identity, total_workers)
     resuming = recovery is not None and recovery.resuming
-    if not resuming and spec.process_id == 0 and spec.mode != "live":
-        clear_run(client, spec.run_id)  # a fresh run replaces an older one of the same id
-    record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
+    if owner:
+        if not resuming and spec.mode != "live":
+            clear_run(client, spec.run_id)  # a fresh run replaces an older one of the same id
+        record_run_start(client, spec.run_id, spec.config.model_dump_json(), spec.mode)
+        if spec.on_start is not None:
+            spec.on_start(client, resuming)
     durable = recovery is not None or spec.mode == "live"
-    sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable)
+    sink = ClickHouseSink(spec.dsn, spec.run_id, flush_each_batch=durable, owner=owner)
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
                             sessions=trading.sessions if trading is not None else None,
-                            blocked=trading.blocked if trading is not None else frozenset(), stop=stop)
+                            blocked=trading.blocked if trading is not None else frozenset(),
+                            sweep=spec.sweep, stop=stop)
     source = StoppableSource(source, stop)
     if trading is None:
         flow = build_flow(settings, source, sink, partitions)
@@ -246,26 +277,34 @@ def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Tr
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
-            if show_progress:
-                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id)))
+            if show_progress and owner:
+                count = (lambda w: w.shard_bars.get(0, 0)) if spec.sweep else None
+                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, spec.run_id), count=count))
             if spec.workers <= 1 and not spec.addresses:
                 run_main(flow, **kwargs)
             else:
                 cluster_main(flow, spec.addresses, spec.process_id,
                              worker_count_per_proc=spec.workers, **kwargs)
     except BaseException:
-        record_run_end(client, spec.run_id, 0, "failed")
+        if owner:
+            record_run_end(client, spec.run_id, 0, "failed")
         raise
     finally:
         gc.unfreeze()  # a process that goes on (tests, the CLI's report) collects as usual
     seconds = time.monotonic() - started
-    if not resuming and recovery is None and not spec.addresses and spec.mode != "live":
+    status = "stopped" if spec.mode == "live" else "interrupted"
+    if not owner:  # process 0 holds the rows and counts them
+        if stop.cut_short:
+            raise RunInterrupted(spec.run_id, stop.signum, status, 0, spec.recovery_dir)
+        return RunResult(spec.run_id, 0, seconds, resuming)
+    if spec.sweep is not None:  # a sweep stores no bars: the bars its shard 0 applied
+        bars = shared_writer(spec.dsn, spec.run_id).shard_bars.get(0, 0)
+    elif not resuming and recovery is None and not spec.addresses and spec.mode != "live":
         # a fresh run of one process (its old rows cleared) wrote no row twice
         bars = shared_writer(spec.dsn, spec.run_id).written.get("bars", 0)
     else:  # replayed rows are stored twice until merged: count them once
         bars = analytics.stored_bars(client, spec.run_id)
     if stop.cut_short:
-        status = "stopped" if spec.mode == "live" else "interrupted"
         record_run_end(client, spec.run_id, bars, status)
         raise RunInterrupted(spec.run_id, stop.signum, status, bars, spec.recovery_dir)
     record_run_end(client, spec.run_id, bars, "finished")

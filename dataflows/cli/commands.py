@@ -64,17 +64,32 @@ def _write_html(client, run_id: str, path: str, against: str | None = None) -> N
     print(f"report of run {run_id}: {os.path.abspath(path)} ({size / 1e6:.1f} MB)")
 
 
+def cluster_addresses(args) -> list[str]:
+    """-a/--addresses as a list; -i/--process-id must index it."""
+    addresses = [a for a in args.addresses.split(";") if a]
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    if not addresses and args.process_id != 0:
+        raise UsageError("--process-id needs --addresses (every process's host:port)")
+    return addresses
+
+
 def cmd_backtest(args) -> int:
+    addresses = cluster_addresses(args)
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
-                              snapshot_s=args.snapshot_s, memory_rows=args.memory_bars)
+                              snapshot_s=args.snapshot_s, addresses=addresses, process_id=args.process_id,
+                              memory_rows=args.memory_bars)
     else:
         result = run_replay(args.kafka, args.topic, config, dsn, args.run_id, workers=args.workers,
                             recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
-                            show_progress=not args.quiet)
+                            show_progress=not args.quiet, addresses=addresses, process_id=args.process_id)
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} done; process 0 holds the results")
+        return 0
     rate = result.bars / max(result.seconds, 1e-9)
     resumed = " (resumed from the recovery directory)" if result.resumed else ""
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
@@ -87,14 +102,9 @@ def cmd_run(args) -> int:
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
         raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
-    addresses = [a for a in args.addresses.split(";") if a]
-    if addresses and not 0 <= args.process_id < len(addresses):
-        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    addresses = cluster_addresses(args)
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    if len(addresses) > 1 and dsn.startswith("chdb:"):
-        raise UsageError("several processes (--addresses) need a ClickHouse server (--clickhouse "
-                         "http://host:8123): an embedded chDB directory can be opened by one process only")
     if args.live and not args.alpaca:
         raise UsageError("--live trades through Alpaca: add --alpaca")
     if args.alpaca:
@@ -110,7 +120,10 @@ def cmd_run(args) -> int:
                         recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
                         show_progress=True, addresses=addresses, process_id=args.process_id,
                         live=True, dead_letter_topic=args.dead_letter_topic)
-    print(f"run {result.run_id} stopped after {result.bars:,} bars")
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} stopped; process 0 holds the results")
+    else:
+        print(f"run {result.run_id} stopped after {result.bars:,} bars")
     return 0
 
 
@@ -203,6 +216,13 @@ def cmd_control(args) -> int:
 
 def cmd_report(args) -> int:
     client = open_client(clickhouse_dsn(args.clickhouse))
+    if args.sweep is not None:
+        from dataflows.cli.sweep_command import cmd_report_sweep
+
+        if args.html:
+            raise UsageError("--html is a run's page; a sweep's report has none yet (drop --html or --sweep)")
+        print(cmd_report_sweep(client, args.sweep))
+        return 0
     if args.html:
         return _report_html(client, args)
     if args.against is not None or args.csv is not None:
@@ -210,6 +230,11 @@ def cmd_report(args) -> int:
     run_id = args.run_id or analytics.latest_run_id(client)
     if run_id is None:
         raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    if analytics.run_info(client, run_id).get("mode") == "sweep":  # its report is the sweep's
+        from dataflows.cli.sweep_command import cmd_report_sweep
+
+        print(cmd_report_sweep(client, run_id))
+        return 0
     print(_report(client, run_id))
     return 0
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from dataflows.cli import live_commands, reconcile_command
+from dataflows.cli import live_commands, reconcile_command, sweep_command
 from dataflows.cli.args import EXIT_USAGE
 from dataflows.cli.args import Parser as _Parser
 from dataflows.cli.args import positive_int as _positive_int
@@ -19,6 +19,13 @@ def _recovery_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recovery-dir", help="turn on Bytewax recovery with snapshots in this directory")
     p.add_argument("--snapshot-s", type=_positive_int, default=10,
                    help="seconds between snapshots (with --recovery-dir; default 10)")
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--process-id", type=int, default=0,
+                   help="this process's index (multi-process; process 0 holds the database)")
+    p.add_argument("-a", "--addresses", default="",
+                   help="host:port of every process, ';'-separated, same order on all (multi-process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--html", metavar="PATH", help="also write the run's tearsheet page (one HTML file)")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers (default 1)")
     bt.add_argument("--quiet", action="store_true", help="no progress or report")
+    _cluster_args(bt)
     # bars of a file held in memory; a larger file is put in event-time order on disk (tests)
     bt.add_argument("--memory-bars", type=_positive_int, default=None, help=argparse.SUPPRESS)
     _recovery_args(bt)
@@ -51,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id")
     run.add_argument("--clickhouse")
     run.add_argument("--workers", type=_positive_int, default=1, help="workers in this process")
-    run.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
-    run.add_argument("-a", "--addresses", default="",
-                     help="host:port of every process, ';'-separated, same order on all (multi-process)")
+    _cluster_args(run)
     run.add_argument("--dead-letter-topic", default="bars.dead_letters")
     run.add_argument("--alpaca", action="store_true",
                      help="trade through Alpaca (paper account unless --live and ALPACA_PAPER=false)")
@@ -102,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare the run (a live or paper one; default: the latest other run) with "
                          "this backtest of the same bars: slippage, missed and extra trades")
     rp.add_argument("--csv", metavar="PATH", help="with --against: also write the per-trade comparison here")
+    rp.add_argument("--sweep", metavar="SWEEP_ID", help="the report of a sweep (`latest`: the most recent)")
     rp.add_argument("--html", metavar="PATH",
                     help="write the run's tearsheet page (one self-contained HTML file; with --against, "
                          "the comparison too) instead of printing the report")
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_commands.register(sub)
     reconcile_command.register(sub)
+    sweep_command.register(sub)
 
     demo = sub.add_parser("demo", help="generate a market, backtest it, print the report and write "
                                        "DIR/report.html")
@@ -165,8 +173,10 @@ def _main(argv: list[str] | None) -> int:
         commands,  # heavy imports only after the arguments are valid
     )
 
-    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS)
-    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS}
+    user_errors = (commands.USER_ERRORS + live_commands.USER_ERRORS + reconcile_command.USER_ERRORS
+                   + sweep_command.USER_ERRORS)
+    handlers = {**commands.COMMANDS, **live_commands.COMMANDS, **reconcile_command.COMMANDS,
+                **sweep_command.COMMANDS}
     try:
         return commands.dispatch(handlers[args.command], args)
     except RunInterrupted as stopped:  # a clean stop of a flow: its rows are stored
