@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cuts demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/backtest.py

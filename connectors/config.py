@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from operators.config import ConfigError, TradingConfig, describe_validation_error
+from operators.grid import Grid, GridError, parse_grid
 
 DEFAULT_CONFIG = "config/trading.yaml"
 DEFAULT_CLICKHOUSE = "chdb://./data/clickhouse"
@@ -39,6 +40,21 @@ def load_trading_config(path: str | None) -> TradingConfig:
         return TradingConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def load_grid(path: str) -> Grid:
+    """A sweep grid file (`axes`, optional `walk_forward`), checked for shape;
+    `operators.grid.expand` validates its configurations."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise GridError(f"grid file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise GridError(f"{path}{where}: not valid YAML") from None
+    return parse_grid(raw, where=path)
 
 
 def clickhouse_dsn(cli_value: str | None) -> str:

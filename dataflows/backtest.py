@@ -52,17 +52,19 @@ class Progress:
 def run_backtest(bars_path: str, config: TradingConfig, dsn: str, run_id: str | None = None,
                  workers: int = 1, show_progress: bool = True,
                  recovery_dir: str | None = None, snapshot_s: int = 10,
-                 memory_rows: int | None = None) -> RunResult:
+                 addresses=None, process_id: int = 0, memory_rows: int | None = None) -> RunResult:
     notice = (lambda text: print(text, file=sys.stderr, flush=True)) if show_progress else None
+    addresses = list(addresses or [])
     # in memory up to a constant number of bars, in event-time order on disk beyond
     limits = {"memory_rows": memory_rows} if memory_rows else {}
-    source = BarFileSource.from_file(bars_path, partitions=workers, notice=notice, **limits)
+    source = BarFileSource.from_file(bars_path, partitions=workers * max(1, len(addresses)),
+                                     notice=notice, **limits)
     file_id = default_run_id(bars_path, config)
     run_id = run_id or file_id
     source.progress = Progress(source.rows) if show_progress else None
     spec = RunSpec(config, dsn, run_id, "backtest", workers=workers, recovery_dir=recovery_dir,
                    snapshot_s=snapshot_s, source_identity={"bars_file": file_id},
-                   source=os.path.abspath(bars_path))
+                   source=os.path.abspath(bars_path), addresses=addresses, process_id=process_id)
     try:
         return execute(spec, source, source.partition_ids(), notice=notice)
     finally:

@@ -16,16 +16,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main, run_main
 
 from connectors.clickhouse import analytics
 from connectors.clickhouse.client import ensure_schema, open_client, shared_writer
-from connectors.clickhouse.runs import RunAttempt, begin_attempt, current_attempt, end_attempt
+from connectors.clickhouse.runs import RUNNING, RunAttempt, begin_attempt, current_attempt, end_attempt
 from connectors.clickhouse.sink import ClickHouseSink
 from dataflows import recovery as rec
-from dataflows.flow import FlowSettings, build_flow
+from dataflows.flow import FlowSettings, SweepSettings, build_flow
 from dataflows.stop import RunInterrupted, StopRequest, signal_name, stop_on_signals
 from operators.config import TradingConfig
 
@@ -44,6 +45,15 @@ class RunSpec:
     process_id: int = 0
     source_identity: dict = field(default_factory=dict)  # what a recovery dir is bound to
     source: str = ""  # where the bars come from, for people (`cuts runs`)
+    sweep: SweepSettings | None = None  # several configurations (cuts sweep)
+    # the owner's bookkeeping once the run's attempt is recorded, before the flow: (client, resuming)
+    on_start: Callable | None = None
+
+    @property
+    def owner(self) -> bool:
+        """This process holds the database: every ClickHouse write and the run
+        bookkeeping happen here (the other processes never open it)."""
+        return self.process_id == 0
 
 
 @dataclass
@@ -63,15 +73,16 @@ def config_hash(config: TradingConfig) -> str:
 class BarsWrittenProgress:
     """For sources without a known total: bars stored so far, every second."""
 
-    def __init__(self, writer, stream=sys.stderr):
+    def __init__(self, writer, stream=sys.stderr, count=None):
         self.writer, self.stream = writer, stream
+        self.count = count or (lambda w: w.written.get("bars", 0))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def _run(self) -> None:
         started = time.monotonic()
         while not self.stop.wait(1.0):
-            n = self.writer.written.get("bars", 0)
+            n = self.count(self.writer)
             rate = n / max(time.monotonic() - started, 1e-9)
             tty = self.stream.isatty()  # a live line on a terminal, one line a second in logs
             cr = "\r" if tty else ""
@@ -137,7 +148,7 @@ class Trading:
 
 
 def _run_each_kernel_entry() -> None:
-    """Each entry point of the compiled step once, on two bars."""
+    """Each entry point of the compiled step (and a sweep's day ledger) once, on two bars."""
     from operators.compiled_portfolio import BarBatch, CompiledPortfolio, new_outputs
     from operators.ordering import Control
 
@@ -149,30 +160,36 @@ def _run_each_kernel_entry() -> None:
     book.apply_batch(batch, 0, len(batch), outs)
     book.apply_control(Control(0, 0, "warm", "halt", True, 120, "", ""), outs)
     book.close_minute(outs)
+    from operators.day_ledger import DayLedgers  # a sweep's daily rows
+
+    ledgers = DayLedgers(["warm"], [1.0])
+    ledgers.fold([0], [1], [1.0], [0], [0.0])
+    ledgers.finish()
 
 
-def _kernel_entries() -> tuple:
-    from operators import portfolio_kernel as k
+# Loading the cached step takes ~0.5 s, over 1.5 s on a busy machine;
+# compiling it takes 6-12 s. The notice needs both an invalid cache and a
+# wait longer than this.
+COMPILE_NOTICE_S = 3.0
 
-    return k.apply_bars, k.apply_control, k.close_minute
 
-
-def _kernel_cached() -> bool:
-    """Whether numba's cache holds every entry point of the step (an index
-    file each): then it is loaded, not compiled. (Its loading can take a
-    second or more on a busy machine, so time alone cannot tell.)"""
+def _portfolio_step_cached() -> bool:
+    """Whether numba's cache holds every kernel entry for this source (its
+    index is stamped with the source file's time). Loading a cache can take
+    over a second on a busy machine: that must not read as compiling."""
     try:
-        return all(os.path.exists(d._cache._cache_file._index_path) for d in _kernel_entries())
-    except AttributeError:  # numba's cache internals changed: assume a compile
+        from numba.core.registry import CPUDispatcher
+
+        import operators.day_ledger as ledger
+        import operators.portfolio_kernel as kernel
+
+        entries = [f for module in (kernel, ledger) for f in vars(module).values()
+                   if isinstance(f, CPUDispatcher)]
+        # _load_index is numba's own check (empty when missing or stale); any
+        # surprise there counts as "not cached", which only shows the notice.
+        return bool(entries) and all(f._cache._cache_file._load_index() for f in entries)
+    except Exception:
         return False
-
-
-def _compiled_now() -> bool:
-    """Whether loading the step compiled an entry point (no cache, or a stale one)."""
-    try:
-        return any(sum(d.stats.cache_misses.values()) for d in _kernel_entries())
-    except AttributeError:
-        return True
 
 
 def warm_portfolio_step(notice=None) -> None:
@@ -180,8 +197,10 @@ def warm_portfolio_step(notice=None) -> None:
     run in a fresh checkout compiles it (seconds), and says so via `notice`
     (a load from numba's cache says nothing, however long it takes)."""
     timer = None
-    if notice is not None and not _kernel_cached():
-        timer = threading.Timer(1.0, notice, ("compiling the portfolio step (once per checkout, "
+    if notice is not None and _portfolio_step_cached():
+        notice = None
+    if notice is not None:
+        timer = threading.Timer(COMPILE_NOTICE_S, notice, ("compiling the portfolio step (once per checkout, "
                                               "cached in operators/__pycache__) ...",))
         timer.daemon = True
         timer.start()
@@ -192,7 +211,7 @@ def warm_portfolio_step(notice=None) -> None:
         if timer is not None:
             timer.cancel()
     seconds = time.monotonic() - started
-    if notice is not None and seconds > 1.0 and _compiled_now():
+    if notice is not None and seconds > COMPILE_NOTICE_S:
         notice(f"compiled the portfolio step in {seconds:.1f} s")
 
 
@@ -222,9 +241,12 @@ def execute(spec: RunSpec, source, partitions, show_progress: bool = False,
 
 def _execute(spec: RunSpec, source, partitions, show_progress: bool, trading: Trading | None,
              stop: StopRequest) -> RunResult:
+    identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
+    if not spec.owner:  # it never opens the database: process 0 writes and records everything
+        return _run_attempt(spec, RunAttempt(spec.run_id, 0, spec.run_id, spec.mode, RUNNING), None,
+                            source, partitions, show_progress, trading, stop, identity)
     client = open_client(spec.dsn)
     ensure_schema(client)
-    identity = {"run_id": spec.run_id, "config": config_hash(spec.config), **spec.source_identity}
     resume = rec.check(spec.recovery_dir, identity) if spec.recovery_dir else None
     # A fresh bounded run is a new attempt, under its own data id: the run's
     # previous complete results stay current until it finishes (runs.py).
@@ -264,17 +286,23 @@ def _record_failure(client, attempt: RunAttempt, exc: BaseException) -> None:
 
 def _run_attempt(spec: RunSpec, attempt: RunAttempt, client, source, partitions, show_progress: bool,
                  trading: Trading | None, stop: StopRequest, identity: dict) -> RunResult:
-    shared_writer(spec.dsn, attempt.data_id, schema_ready=True)  # the sink's, without a second ensure_schema
+    owner = client is not None
+    if owner:
+        shared_writer(spec.dsn, attempt.data_id, schema_ready=True)  # the sink's, without a second ensure_schema
     recovery = None
     if spec.recovery_dir:
         total_workers = spec.workers * max(1, len(spec.addresses))
-        recovery = rec.prepare(spec.recovery_dir, identity, total_workers, attempt=attempt.attempt)
+        recovery = rec.prepare(spec.recovery_dir, identity, total_workers,
+                               attempt=attempt.attempt if owner else None)
     resuming = recovery is not None and recovery.resuming
+    if owner and spec.on_start is not None:
+        spec.on_start(client, resuming)
     durable = recovery is not None or spec.mode == "live"
-    sink = ClickHouseSink(spec.dsn, attempt.data_id, flush_each_batch=durable)
+    sink = ClickHouseSink(spec.dsn, attempt.data_id, flush_each_batch=durable, owner=owner)
     settings = FlowSettings(spec.config, spec.run_id, broker_fills=trading is not None,
                             sessions=trading.sessions if trading is not None else None,
-                            blocked=trading.blocked if trading is not None else frozenset(), stop=stop)
+                            blocked=trading.blocked if trading is not None else frozenset(),
+                            sweep=spec.sweep, stop=stop)
     source = StoppableSource(source, stop)
     if trading is None:
         flow = build_flow(settings, source, sink, partitions)
@@ -294,8 +322,9 @@ def _run_attempt(spec: RunSpec, attempt: RunAttempt, client, source, partitions,
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
-            if show_progress:
-                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, attempt.data_id)))
+            if show_progress and owner:
+                count = (lambda w: w.shard_bars.get(0, 0)) if spec.sweep else None
+                stack.enter_context(BarsWrittenProgress(shared_writer(spec.dsn, attempt.data_id), count=count))
             if spec.workers <= 1 and not spec.addresses:
                 run_main(flow, **kwargs)
             else:
@@ -304,14 +333,20 @@ def _run_attempt(spec: RunSpec, attempt: RunAttempt, client, source, partitions,
     finally:
         gc.unfreeze()  # a process that goes on (tests, the CLI's report) collects as usual
     seconds = time.monotonic() - started
-    if not resuming and recovery is None and not spec.addresses and spec.mode != "live":
+    status = "stopped" if spec.mode == "live" else "interrupted"
+    if not owner:  # process 0 holds the rows and counts them
+        if stop.cut_short:
+            raise RunInterrupted(spec.run_id, stop.signum, status, 0, spec.recovery_dir)
+        return RunResult(spec.run_id, 0, seconds, resuming)
+    if spec.sweep is not None:  # a sweep stores no bars: the bars its shard 0 applied
+        bars = shared_writer(spec.dsn, attempt.data_id).shard_bars.get(0, 0)
+    elif not resuming and recovery is None and not spec.addresses and spec.mode != "live":
         # a fresh attempt of one process (its data id cleared at its start) wrote no row twice
         bars = shared_writer(spec.dsn, attempt.data_id).written.get("bars", 0)
     else:  # replayed rows are stored twice until merged: count them once
         bars = analytics.stored_bars(client, attempt)
     dead = analytics.dead_letters_by_reason(client, attempt)
     if stop.cut_short:
-        status = "stopped" if spec.mode == "live" else "interrupted"
         end_attempt(client, attempt, status, bars, f"on {signal_name(stop.signum)}")
         current = current_attempt(client, spec.run_id)
         previous = current.attempt if current is not None and current.complete else None

@@ -103,8 +103,18 @@ def invalid_reasons(block: BarBlock, problems: list | None = None) -> np.ndarray
 
 def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, origins,
                origin_prefix: str, out) -> BarBlock:
-    """Admit a chunk, update the SMA windows, append signals and dead letters to
-    `out` (a SymbolOutput); return the accepted bars."""
+    """Admit a chunk, update the strategies' windows, append signals and dead
+    letters to `out` (a SymbolOutput); return the accepted bars."""
+    acc = admit_block(state, block, origins, origin_prefix, out)
+    if len(acc):
+        block_signals(state, rules, acc, out)
+    return acc
+
+
+def admit_block(state: ColumnarSymbolState, block: BarBlock, origins, origin_prefix: str,
+                out) -> BarBlock:
+    """Spec section 1 for a chunk: the accepted bars; invalid, duplicate and
+    late ones go to `out.dead_letters`."""
     n = len(block)
     if n == 0:
         return block
@@ -129,7 +139,6 @@ def step_block(state: ColumnarSymbolState, rules: SignalRules, block: BarBlock, 
     if len(acc):
         state.last_ts = int(acc.ts[-1])
         state.recent.extend(acc.ts[-RECENT_MINUTES:].tolist())
-        _signals(state, rules, acc, out)
     return acc
 
 
@@ -153,8 +162,9 @@ def _dead_letters(state, block, reasons, valid, accepted, running, origins, pref
                                            block.payload(i)))
 
 
-def _signals(state: ColumnarSymbolState, rules: SignalRules, acc: BarBlock, out) -> None:
-    """Every strategy type's signals of the chunk's accepted bars, into `out`."""
+def block_signals(state: ColumnarSymbolState, rules: SignalRules, acc: BarBlock, out) -> None:
+    """Every strategy type's signals of accepted bars (`state`'s windows), into
+    `out.signals` (passed) and `out.filtered`."""
     if state.strategies is None:
         state.strategies = [kind.new_block_state(r) for kind, r in rules.groups]
     found = []

@@ -58,6 +58,12 @@ class _Strategy(_Strict):
 
     # this type's defaults for the four exit settings (None: the top-level value)
     EXIT_DEFAULTS: ClassVar[dict] = {}
+    # keys that only label an entry's signals or act after them (its id, the
+    # confidence its signals carry, its exits): two entries of one type that
+    # differ only in these signal at the same bars, so a sweep computes them
+    # once (operators/signal_plan). A type whose signals depend on one of them
+    # leaves it out.
+    SIGNAL_LABELS: ClassVar[frozenset] = frozenset({"id", "confidence", "exit"})
 
 
 class StrategyConfig(_Strategy):
@@ -266,15 +272,20 @@ class ConfigError(ValueError):
     """A configuration that must not start: stop with this one-line message."""
 
 
+def error_location(error: dict) -> list:
+    """The key path of one pydantic error (`strategies`, 3, `min_drop_pct`): a
+    strategy entry's errors carry its type's tag after the index, not a key."""
+    loc = list(error.get("loc", ()))
+    return [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in STRATEGY_CONFIGS)]
+
+
 def describe_validation_error(exc: Exception) -> str:
     """One line naming the first offending field, from a pydantic ValidationError."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     first = errors()[0]
-    loc = list(first.get("loc", ()))
-    # a strategy entry's errors carry its type's tag after the index: not a key
-    loc = [p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in STRATEGY_CONFIGS)]
+    loc = error_location(first)
     if first.get("type") == "strategy_type":
         loc.append("type")
     where = ".".join(str(p) for p in loc) or "config"

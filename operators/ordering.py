@@ -102,7 +102,7 @@ class PartitionCursor:
 class PortfolioStage:
     # the simulated broker's compiled book (operators.compiled_portfolio:
     # backtests, sweeps), or a Python Portfolio (BrokerPortfolio when a broker
-    # fills the orders)
+    # fills the orders), or a sweep shard's book (operators.config_book: compiled too)
     portfolio: Portfolio
     cursors: dict  # partition -> PartitionCursor; every source partition is known
     # (BarBlock, its signals) not yet applied: by ts, or SignalColumns for the compiled book
@@ -172,7 +172,10 @@ class PortfolioStage:
                 block = block.take(np.flatnonzero(~late))
             signals = result.signals
             if hasattr(self.portfolio, "apply_batch"):  # the compiled book takes columns
-                signals = SignalColumns.of(block, signals, self.portfolio.strategy_index)
+                # (a sweep's book picks each configuration's signals out of the union's)
+                columns = getattr(self.portfolio, "signal_columns", None)
+                signals = (columns(block, signals) if columns is not None
+                           else SignalColumns.of(block, signals, self.portfolio.strategy_index))
             self.buffer.append((block, signals))
 
     def _advance(self, watermark: int, out: PortfolioOutput) -> None:
@@ -230,21 +233,22 @@ class PortfolioStage:
     def _apply_in_order(self, ready: list, out: PortfolioOutput, controls: list = (),
                         updates: list = ()) -> None:
         """Apply the ready bars of all symbols in (timestamp, symbol) order."""
+        book = self.portfolio
         symbols = sorted({b.symbol for b, _ in ready})
         rank = {s: i for i, s in enumerate(symbols)}
         ts = np.concatenate([b.ts for b, _ in ready])
         ranks = np.concatenate([np.full(len(b), rank[b.symbol], dtype=np.int64) for b, _ in ready])
         order = np.lexsort((ranks, ts))
-        if hasattr(self.portfolio, "apply_batch"):  # the compiled book
+        if hasattr(book, "apply_batch"):  # the compiled book
             self._apply_compiled(ready, symbols, ts[order], ranks[order], order, out, controls)
             return
         cols = [np.concatenate([getattr(b, f) for b, _ in ready])[order].tolist()
                 for f in ("open", "high", "low", "close")]
-        sig_by_symbol = {}
+        sig_by_symbol: dict = {}
         for b, signals in ready:
             if signals:
                 sig_by_symbol.setdefault(b.symbol, {}).update(signals)
-        apply = self.portfolio.apply
+        apply = book.apply
         no_signals: dict = {}
         for r, t, o, h, lo, c in zip(ranks[order].tolist(), ts[order].tolist(), *cols):
             symbol = symbols[r]
@@ -276,7 +280,8 @@ class PortfolioStage:
             codes[ranks], ts, *(np.concatenate([getattr(b, f) for b, _ in ready])[order]
                                 for f in ("open", "high", "low", "close")),
             at[ours], *(np.concatenate([getattr(s, f) for s in sigs])[ours]
-                        for f in ("strategy", "sell", "price")))
+                        for f in ("strategy", "sell", "price")),
+            sig_mask=np.concatenate([s.mask for s in sigs])[ours] if sigs[0].mask is not None else None)
         start = 0
         while controls:
             cut = int(np.searchsorted(ts, controls[0].ts, side="left"))
@@ -298,6 +303,8 @@ class SignalColumns:
     strategy: np.ndarray  # the book's strategy index
     sell: np.ndarray
     price: np.ndarray
+    # a sweep's book: mask[row, c], configuration c acts on the row (None: every one)
+    mask: np.ndarray | None = None
 
     @classmethod
     def of(cls, block: BarBlock, signals: dict, strategy_index: dict) -> "SignalColumns":
@@ -318,7 +325,8 @@ class SignalColumns:
         return cls(ts[mine], strategy[order], sell[order], price[order])
 
     def take(self, index) -> "SignalColumns":
-        return SignalColumns(self.ts[index], self.strategy[index], self.sell[index], self.price[index])
+        return SignalColumns(self.ts[index], self.strategy[index], self.sell[index], self.price[index],
+                             None if self.mask is None else self.mask[index])
 
 
 def block_from_bars(bars: list) -> BarBlock:

@@ -202,3 +202,48 @@ class PortfolioOutput:
             or self.equity or self.dead_letters or self.controls
             or any(not o.empty() for o in self.per_config)
         )
+
+
+@dataclass(slots=True)
+class DayRow:
+    """One configuration's trading day in a sweep (spec section 8), from its
+    per-minute mark-to-market equity, so that no per-minute curve is stored:
+    the day's closing equity and return, and what the section-6 metrics need
+    of the curve (exact: computed minute by minute in the portfolio stage)."""
+
+    config_id: str
+    day: int  # proleptic ordinal of the New York date
+    equity: float  # E_d: equity after the day's last applied bar
+    ret: float  # E_d / E_{d-1} - 1 (E_0: initial cash)
+    minutes: int  # equity points (minutes with applied bars)
+    minutes_in_market: int  # of them, minutes with an open position
+    max_drawdown: float  # max(0, max over the day's minutes of 1 - equity / max(running peak, initial cash))
+    exposure_sum: float  # sum of exposure / equity over the minutes with equity != 0
+    exposure_minutes: int  # those minutes
+
+
+@dataclass(slots=True)
+class ConfigEvents:
+    """What one configuration of a sweep decided in a batch (equity is in DayRows)."""
+
+    config_id: str
+    trades: list = field(default_factory=list)
+    orders: list = field(default_factory=list)  # with --detail only
+    fills: list = field(default_factory=list)  # with --detail only
+    rejections: list = field(default_factory=list)  # with --detail only
+    controls: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SweepOutput:
+    """A portfolio shard's output for a batch: per-configuration events and
+    completed trading days. `bars_applied` counts the shard's bars so far."""
+
+    shard: int
+    configs: list = field(default_factory=list)  # ConfigEvents
+    days: list = field(default_factory=list)  # DayRow
+    bars_applied: int = 0
+    final: bool = False  # the shard's last output (end of the input)
+
+    def empty(self) -> bool:
+        return not (self.configs or self.days or self.final)

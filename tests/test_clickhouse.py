@@ -263,7 +263,9 @@ def test_sink_writes_symbol_and_portfolio_outputs(client):
                              rejections=EVENTS["rejections"], equity=EVENTS["equity"],
                              controls=EVENTS["controls"])]
     flow = Dataflow("sink_test")
-    op.output("out", op.input("in", flow, TestingSource(items)), ch_sink.ClickHouseSink(dsn, "sink"))
+    sink = ch_sink.ClickHouseSink(dsn, "sink")
+    keyed = op.key_on("one_partition", op.input("in", flow, TestingSource(items)), lambda _: sink.partition_key)
+    op.output("out", keyed, sink)
     run_main(flow)
     for table, events in EVENTS.items():
         if table != "broker_orders":  # written by the broker sink, not this one
@@ -304,7 +306,8 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
         ch.ensure_schema = lambda client, database="thousandcuts": None  # keep the broken table
         t = Trade("t", "AAPL", "s", 1, 60, 1.0, 120, 1.0, "signal", 0.0, 0.0, 0.0)
         flow = Dataflow("f")
-        op.output("out", op.input("in", flow, TestingSource([PortfolioOutput(trades=[t])])),
+        items = op.input("in", flow, TestingSource([PortfolioOutput(trades=[t])]))
+        op.output("out", op.key_on("k", items, lambda _: "clickhouse"),
                   ch_sink.ClickHouseSink(dsn, "r", flush_each_batch=True))
         try:
             run_main(flow)

@@ -354,9 +354,15 @@ import dataflows.runner as r
 said = []
 r._run_each_kernel_entry()  # the cache is there (or written now)
 load = r._run_each_kernel_entry
-r._run_each_kernel_entry = lambda: (time.sleep(1.5), load())  # a busy machine: loading takes seconds
+r._run_each_kernel_entry = lambda: (time.sleep(4), load())  # a busy machine: loading takes seconds
 r.warm_portfolio_step(said.append)
-print(r._kernel_cached(), said)
+print(r._portfolio_step_cached(), said)
+"""
+
+
+NOTICE_CHILD = """
+from dataflows.runner import warm_portfolio_step
+warm_portfolio_step(lambda line: print(line))
 """
 
 
@@ -370,7 +376,22 @@ def test_a_portfolio_step_loaded_from_the_cache_says_nothing_however_long_it_tak
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True []"
     empty = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "none"))  # a fresh checkout's cache
-    check = "import dataflows.runner as r; print(r._kernel_cached())"
+    check = "import dataflows.runner as r; print(r._portfolio_step_cached())"
     fresh = subprocess.run([sys.executable, "-c", check], cwd=root, env=empty, capture_output=True, text=True,
                            timeout=600)
     assert fresh.stdout.strip() == "False", fresh.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_compile_notice_shows_only_when_the_step_is_really_compiled(tmp_path):
+    # Loading a warm cache can take over a second on a busy machine; that is not
+    # compiling, and a command's output must not say it is.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cold = subprocess.run([sys.executable, "-c", NOTICE_CHILD], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert cold.returncode == 0, cold.stderr[-2000:]
+    assert "compiled the portfolio step in" in cold.stdout
+    warm = subprocess.run([sys.executable, "-c", NOTICE_CHILD], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert warm.returncode == 0 and warm.stdout == "", warm.stdout + warm.stderr[-2000:]

@@ -325,10 +325,10 @@ def _free_port() -> int:
 
 def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(broker, small_market,
                                                                              file_results, tmp_path):
-    """`cuts run --kafka` with Bytewax's cluster entry (-a/-i, one process: a
-    ClickHouse server would be needed for two) tails the topic while it is
-    published; once the last minute is complete, its trades are the file
-    backtest's. Stopped with SIGINT, as an operator would."""
+    """`cuts run --kafka` with Bytewax's cluster entry (-a/-i, one process; two:
+    tests/test_processes.py) tails the topic while it is published; once the
+    last minute is complete, its trades are the file backtest's. Stopped with
+    SIGINT, as an operator would."""
     topic = "live-cluster"
     cuts("publish", "--bars", str(small_market), "--kafka", broker, "--topic", topic, "--partitions", "3",
          "--records", "bar")  # one bar per record, as `cuts stream` writes
@@ -357,10 +357,3 @@ def test_live_worker_in_cluster_mode_tails_the_topic_to_the_backtests_trades(bro
                     "analytics.export_csv(open_client(sys.argv[1]), 'same', sys.argv[2])",
                     f"chdb://{ch}", str(tmp_path / "out")], cwd=ROOT, check=True)
     assert (tmp_path / "out" / "trades.csv").read_bytes() == (file_results / "trades.csv").read_bytes()
-
-
-def test_several_processes_on_embedded_clickhouse_exit_2_naming_the_server_they_need(broker, tmp_path):
-    proc = cuts("run", "--kafka", broker, "--clickhouse", f"chdb://{tmp_path / 'ch'}",
-                "-a", "127.0.0.1:2101;127.0.0.1:2102", "-i", "0", check=False)
-    assert proc.returncode == 2 and "need a ClickHouse server" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1

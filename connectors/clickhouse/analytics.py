@@ -107,7 +107,8 @@ def initial_cash(client, run, database: str = DATABASE) -> float:
     return cash if cash > 0 else DEFAULT_INITIAL_CASH
 
 
-def _trade_stats() -> str:
+def trade_stats_sql() -> str:
+    """Trade statistics (win: pnl > 0) as SELECT expressions over a trades table."""
     return f"""count() AS trades, countIf(pnl > 0) AS wins, countIf(pnl <= 0) AS losses,
         if(trades > 0, wins / trades, NULL) AS win_rate, sum(pnl) AS total_pnl,
         sumIf(pnl, pnl > 0) AS gross_win, sumIf(pnl, pnl <= 0) AS gross_loss,
@@ -119,7 +120,7 @@ def performance(client, run, database: str = DATABASE) -> dict:
     cash = initial_cash(client, run, database)
     run_id = _data_id(client, run, database)
     t = _one(client, f"""
-        SELECT {_trade_stats()},
+        SELECT {trade_stats_sql()},
             avgIfOrNull(pnl, pnl > 0) AS avg_win, avgIfOrNull(return_pct, pnl > 0) AS avg_win_pct,
             avgIfOrNull(pnl, pnl <= 0) AS avg_loss, avgIfOrNull(return_pct, pnl <= 0) AS avg_loss_pct,
             avgOrNull(pnl) AS expectancy, minIfOrNull(pnl, pnl <= 0) AS max_loss_per_trade
@@ -177,7 +178,7 @@ def breakdown(client, run, by: Literal["strategy", "exit_reason", "symbol", "day
         raise ValueError(f"breakdown by {by!r}: expected one of {', '.join(_GROUP)}")
     run_id = _data_id(client, run, database)
     rows = _rows(client, f"""
-        SELECT {_GROUP[by]} AS key, {_trade_stats()}, avg(return_pct) AS avg_return_pct
+        SELECT {_GROUP[by]} AS key, {trade_stats_sql()}, avg(return_pct) AS avg_return_pct
         {_f(database, 'trades')} GROUP BY key ORDER BY key""", run_id)
     for r in rows:
         r["pnl"] = r.pop("total_pnl")

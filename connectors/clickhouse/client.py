@@ -54,6 +54,7 @@ from connectors.clickhouse.schema import (
     to_columns,
     view_ddl,
 )
+from connectors.clickhouse.sweep_schema import SWEEP_TABLES, sweep_column_types, sweep_ddl
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ def ensure_schema(client, database: str = DATABASE) -> None:
     _set_aside_request_log(client, database)
     for table in (*BOOKKEEPING, *TABLES):
         client.command(ddl(table, database))
+    for table in SWEEP_TABLES:
+        client.command(sweep_ddl(table, database))
     _migrate_request_log(client, database)
     for view in VIEWS:
         client.command(view_ddl(view, database))
@@ -280,6 +283,8 @@ def insert_columns(client, table: str, cols: dict, database: str = DATABASE) -> 
     if table in TABLES:
         types = dict(zip(column_names(table), column_types(table)))
         types = [types[n] for n in names]
+    elif table in SWEEP_TABLES:
+        types = sweep_column_types(table, names)
     else:
         types = [dict(BOOKKEEPING[table][0])[n] for n in names]
     block = encode_block(names, types, [cols[n] for n in names])
@@ -299,6 +304,7 @@ class ClickHouseWriter:
     def __init__(self, client, run_id: str, batch_rows: int = 100_000, database: str = DATABASE):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
+        self.shard_bars: dict[int, int] = {}  # a sweep: bars each portfolio shard applied so far
         self.failed = False  # an insert failed: close_clients() leaves the rest alone
         self._buffers: dict[str, dict[str, list]] = {}  # table -> column -> its chunks
         self._rows: dict[str, int] = {}
@@ -312,7 +318,7 @@ class ClickHouseWriter:
     def add_columns(self, table: str, cols: dict) -> None:
         """Buffer ready-made columns (lists or arrays, as `to_columns` /
         `bar_block_columns` make)."""
-        n = len(cols["run_id"])
+        n = len(next(iter(cols.values()))) if cols else 0
         if not n:
             return
         with self._lock:
@@ -371,7 +377,8 @@ def _sorted_parts(table: str, chunks: dict) -> list | None:
 
 
 def _rows(batch: dict) -> int:
-    return sum(map(len, batch["run_id"]))
+    """Rows of buffered columns (a run's tables lead with run_id, a sweep's with sweep_id)."""
+    return sum(map(len, next(iter(batch.values())))) if batch else 0
 
 
 # ------------------------------------------------- the process's shared writers

@@ -13,7 +13,8 @@ strings as LEB128 length + UTF-8 bytes, Nullable(T) as one null byte per
 row followed by T's values (a placeholder where null).
 
 Types: String, Float64, Int64, UInt64, UInt32, Bool, DateTime64(3, 'UTC')
-(epoch milliseconds), and Nullable of the numeric ones. A column is a numpy array
+(epoch milliseconds), Date (`datetime.date`s or days since 1970-01-01; a
+UInt16 on the wire), and Nullable of the numeric ones. A column is a numpy array
 or a list; in a Nullable column None, and NaN in a float column, are null.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 _FIXED = {"Float64": "<f8", "Int64": "<i8", "UInt64": "<u8", "UInt32": "<u4", "Bool": "u1"}
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
 
 
 def leb128(n: int) -> bytes:
@@ -69,9 +71,17 @@ def _nullable(values, dtype: str) -> bytes:
     return null.astype(np.uint8).tobytes() + np.ascontiguousarray(arr, dtype=dtype).tobytes()
 
 
+def _dates(values) -> bytes:
+    if not isinstance(values, np.ndarray):
+        values = [v if isinstance(v, int) else v.toordinal() - _EPOCH_ORDINAL for v in values]
+    return np.asarray(values, dtype=np.int64).astype("<u2").tobytes()
+
+
 def encode_column(ch_type: str, values) -> bytes:
     if ch_type == "String":
         return _strings(values)
+    if ch_type == "Date":
+        return _dates(values)
     if ch_type.startswith("Nullable(") and ch_type.endswith(")"):
         return _nullable(values, _dtype(ch_type[len("Nullable("):-1]))
     return _fixed(values, _dtype(ch_type))

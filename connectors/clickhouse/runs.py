@@ -214,6 +214,17 @@ def _bounded(mode: str) -> bool:
     return mode != "live"
 
 
+def _kind(mode: str) -> str:
+    return {"live": "live", "sweep": "sweep"}.get(mode, "backtest")
+
+
+def _one_attempt(mode: str) -> bool:
+    """Live runs and sweeps keep one attempt under the run id: a live
+    restart continues it; a sweep's rows are keyed by its id (a fresh
+    sweep replaces its rows at its start: docs/sweeps.md)."""
+    return mode in ("live", "sweep")
+
+
 def begin_attempt(client, run_id: str, mode: str, config_json: str, source: str = "", *,
                   resume: int | None = None, resuming: bool = False, now_ms: int | None = None,
                   database: str = DATABASE) -> RunAttempt:
@@ -227,8 +238,8 @@ def begin_attempt(client, run_id: str, mode: str, config_json: str, source: str 
     check_run_id(run_id)
     now = _now_ms() if now_ms is None else now_ms
     history = attempts(client, run_id, database)
-    if history and _bounded(history[-1].mode) != _bounded(mode):
-        kind = "live" if not _bounded(history[-1].mode) else "backtest"
+    if history and _kind(history[-1].mode) != _kind(mode):
+        kind = _kind(history[-1].mode)
         raise RunIdError(f"run id {run_id} is a {kind} run already (`cuts runs --show {run_id}`): "
                          f"pick another --run-id")
     for legacy in history:  # recorded before attempts existed: give it its row, so it can be replaced
@@ -236,7 +247,7 @@ def begin_attempt(client, run_id: str, mode: str, config_json: str, source: str 
             _write_attempt(client, replace(legacy, version=1), database)
     mine = dict(status=RUNNING, finished_at=None, bar_count=0, detail="", host=socket.gethostname(),
                 pid=os.getpid(), config_json=config_json, mode=mode, source=source or "")
-    if not _bounded(mode) or resuming:
+    if _one_attempt(mode) or resuming:
         number = resume if resume is not None else next(
             (a.attempt for a in reversed(history) if a.data_id == run_id), 1)
         known = next((a for a in history if a.attempt == number), None)

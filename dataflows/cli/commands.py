@@ -58,18 +58,34 @@ def _config(path: str | None):
     return config
 
 
+def cluster_addresses(args) -> list[str]:
+    """-a/--addresses as a list; -i/--process-id must index it."""
+    addresses = [a for a in args.addresses.split(";") if a]
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    if not addresses and args.process_id != 0:
+        raise UsageError("--process-id needs --addresses (every process's host:port)")
+    return addresses
+
+
 def cmd_backtest(args) -> int:
+    addresses = cluster_addresses(args)
     config = _config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
+    if args.process_id == 0:  # only process 0 opens the database (docs/scaling.md)
+        open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
-                              snapshot_s=args.snapshot_s, memory_rows=args.memory_bars)
+                              snapshot_s=args.snapshot_s, addresses=addresses, process_id=args.process_id,
+                              memory_rows=args.memory_bars)
     else:
         result = run_replay(args.kafka, args.topic, config, dsn, args.run_id, workers=args.workers,
                             recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
-                            show_progress=not args.quiet)
+                            show_progress=not args.quiet, addresses=addresses, process_id=args.process_id)
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} done; process 0 holds the results")
+        return 0
     rate = result.bars / max(result.seconds, 1e-9)
     resumed = " (resumed from the recovery directory)" if result.resumed else ""
     print(f"run {result.run_id}: {result.bars:,} bars in {result.seconds:.1f} s "
@@ -90,17 +106,13 @@ def cmd_run(args) -> int:
     bootstrap = kafka_bootstrap(args.kafka)
     if bootstrap is None:
         raise UsageError("no broker: pass --kafka BOOTSTRAP or set KAFKA_BOOTSTRAP")
-    addresses = [a for a in args.addresses.split(";") if a]
-    if addresses and not 0 <= args.process_id < len(addresses):
-        raise UsageError(f"--process-id {args.process_id} is not an index of --addresses")
+    addresses = cluster_addresses(args)
     config = _config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
-    if len(addresses) > 1 and not dsn.startswith(("http://", "https://")):
-        raise UsageError("several processes (--addresses) need a ClickHouse server (--clickhouse "
-                         "http://host:8123): an embedded chDB directory can be opened by one process only")
     if args.live and not args.alpaca:
         raise UsageError("--live trades through Alpaca: add --alpaca")
-    open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
+    if args.process_id == 0:  # only process 0 opens the database (docs/scaling.md)
+        open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
     if args.alpaca:
         if addresses:
             raise UsageError("--alpaca runs in one process (the broker sink and relay are one each)")
@@ -114,7 +126,10 @@ def cmd_run(args) -> int:
                         recovery_dir=args.recovery_dir, snapshot_s=args.snapshot_s,
                         show_progress=True, addresses=addresses, process_id=args.process_id,
                         live=True, dead_letter_topic=args.dead_letter_topic)
-    print(f"run {result.run_id} stopped after {result.bars:,} bars")
+    if args.process_id != 0:
+        print(f"run {result.run_id}: process {args.process_id} stopped; process 0 holds the results")
+    else:
+        print(f"run {result.run_id} stopped after {result.bars:,} bars")
     return 0
 
 

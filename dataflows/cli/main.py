@@ -38,8 +38,15 @@ def version() -> str:
         return "unknown"
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--process-id", type=int, default=0,
+                   help="this process's index (multi-process; process 0 holds the database)")
+    p.add_argument("-a", "--addresses", default="",
+                   help="host:port of every process, ';'-separated, same order on all (multi-process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from dataflows.cli import live_commands, reconcile_command, run_commands
+    from dataflows.cli import live_commands, reconcile_command, run_commands, sweep_command
 
     p = _Parser(prog="cuts", description="thousandcuts: SMA-crossover and panic-rebound trading on minute "
                                          "bars. Rules: docs/trading-rules.md")
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the run's tearsheet page, one HTML file (default: none)")
     bt.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers")
     bt.add_argument("--quiet", action="store_true", help="no progress or report (default: both shown)")
+    _cluster_args(bt)
     # bars of a file held in memory; a larger file is put in event-time order on disk (tests)
     bt.add_argument("--memory-bars", type=_positive_int, default=None, help=argparse.SUPPRESS)
     _recovery_args(bt)
@@ -81,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and the config; --alpaca needs one)")
     run.add_argument("--clickhouse", metavar="DSN", help=CLICKHOUSE_HELP)
     run.add_argument("--workers", type=_positive_int, default=1, help="workers in this process")
-    run.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
-    run.add_argument("-a", "--addresses", default="",
-                     help="host:port of every process, ';'-separated, same order on all (default: one "
-                          "process)")
+    _cluster_args(run)
     run.add_argument("--dead-letter-topic", default="bars.dead_letters",
                      help="undecodable records are copied here")
     run.add_argument("--alpaca", action="store_true",
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_commands.register(sub)
     reconcile_command.register(sub)
+    sweep_command.register(sub)
 
     demo = command("demo", "generate a market, publish it to Kafka, replay it, print the report and write "
                            "DIR/report.html")
@@ -230,6 +236,7 @@ COMMAND_MODULES = {
     "resume": "commands", "generate": "commands", "demo": "commands",
     "report": "run_commands", "runs": "run_commands",
     "stream": "live_commands", "backfill": "live_commands", "reconcile": "reconcile_command",
+    "sweep": "sweep_command",
 }
 
 

@@ -28,6 +28,8 @@ def register(sub) -> None:
                          "this backtest of the same bars: slippage, missed and extra trades (default: no "
                          "comparison)")
     rp.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    rp.add_argument("--sweep", metavar="SWEEP_ID",
+                    help="the report of a sweep (`latest`: the most recent) (default: a run's report)")
     rp.add_argument("--html", metavar="PATH",
                     help="write the run's tearsheet page (one self-contained HTML file; with --against, the "
                          "comparison too) instead of printing the report (default: print text)")
@@ -56,6 +58,8 @@ def cmd_report(args) -> int:
     from connectors.clickhouse.report import build_report, format_text, to_json, write_csv
 
     client = _client(args)
+    if args.sweep is not None:
+        return _report_sweep(client, args, args.sweep)
     if args.html:
         return _report_html(client, args)
     if args.against is not None:
@@ -63,6 +67,8 @@ def cmd_report(args) -> int:
     run_id = args.run_id or analytics.latest_run_id(client)
     if run_id is None:
         raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
+    if analytics.run_info(client, run_id).get("mode") == "sweep":  # its report is the sweep's
+        return _report_sweep(client, args, run_id)
     if args.csv and args.csv.endswith(".csv") and not os.path.isdir(args.csv):
         raise UsageError(f"--csv {args.csv}: give a directory for the report's CSV files (a single .csv file "
                          f"is for --against)")
@@ -71,6 +77,17 @@ def cmd_report(args) -> int:
         written = write_csv(doc, args.csv)
         print(f"wrote {', '.join(written)} to {args.csv}", file=sys.stderr)
     print(to_json(doc) if args.json else format_text(doc), end="" if not args.json else "\n")
+    return 0
+
+
+def _report_sweep(client, args, sweep_id: str) -> int:
+    from dataflows.cli.sweep_command import cmd_report_sweep
+
+    if args.html:
+        raise UsageError("--html is a run's page; a sweep's report has none yet (drop --html or --sweep)")
+    if args.json or args.csv or args.against:
+        raise UsageError("a sweep's report is text; its tables as CSV: `cuts sweep ... --out DIR`")
+    print(cmd_report_sweep(client, sweep_id))
     return 0
 
 

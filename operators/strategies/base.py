@@ -47,15 +47,20 @@ class SignalTerms:
         return cls(strategy_id, strategy_type, tp, sl, tp / sl, cfg.signals.min_confidence,
                    cfg.signals.min_risk_reward)
 
-    def signal(self, symbol: str, side: str, ts: int, price: float, confidence: float) -> Signal:
-        sig = Signal(self.strategy_id, symbol, side, ts, price, confidence, self.take_profit_pct,
-                     self.stop_loss_pct, self.risk_reward, None, self.strategy_type)
+    def filter_reason(self, side: str, confidence: float) -> str | None:
+        """Why a signal of this strategy is dropped before the portfolio, or
+        None: a BUY below `min_confidence` or `min_risk_reward`."""
         if side == BUY:
             if confidence < self.min_confidence:
-                sig.filtered_reason = "low_confidence"
-            elif self.risk_reward < self.min_risk_reward:
-                sig.filtered_reason = "low_risk_reward"
-        return sig
+                return "low_confidence"
+            if self.risk_reward < self.min_risk_reward:
+                return "low_risk_reward"
+        return None
+
+    def signal(self, symbol: str, side: str, ts: int, price: float, confidence: float) -> Signal:
+        return Signal(self.strategy_id, symbol, side, ts, price, confidence, self.take_profit_pct,
+                      self.stop_loss_pct, self.risk_reward, self.filter_reason(side, confidence),
+                      self.strategy_type)
 
 
 class StrategyType:
