@@ -208,3 +208,33 @@ def test_a_stopped_live_run_is_complete_up_to_its_stop_and_a_running_one_is_part
     assert "Status: stopped on SIGTERM (attempt 1" in text and "a live run, complete up to its stop" in text
     ch_runs.begin_attempt(client, "paper-9", "live", "{}")  # restarted: the same attempt, running again
     assert [(a.attempt, a.status) for a in ch_runs.attempts(client, "paper-9")] == [(1, "running")]
+
+
+def test_a_sweep_keeps_one_attempt_under_its_id_and_its_id_is_not_a_backtests(markets, dsn):
+    # A sweep's rows are keyed by its id (sweep_trades, sweep_daily, ...): a
+    # rerun continues attempt 1 under that id, and no backtest may take the id.
+    client = open_client(dsn)
+    from connectors.clickhouse.client import ensure_schema
+    ensure_schema(client)
+    first = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}")
+    ch_runs.end_attempt(client, first, "finished", 10)
+    again = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}")
+    assert (first.attempt, first.data_id) == (again.attempt, again.data_id) == (1, "grid-1")
+    with pytest.raises(ch_runs.RunIdError) as info:
+        run_file(markets[0], dsn, "grid-1")
+    assert "is a sweep run already" in str(info.value)
+
+
+def test_an_unfinished_sweep_report_says_partial_first(dsn):
+    from connectors.clickhouse import sweeps
+    from connectors.clickhouse.client import ensure_schema
+    from connectors.clickhouse.sweep_report import format_sweep_report
+
+    client = open_client(dsn)
+    ensure_schema(client)
+    grid = json.dumps({"axes": {"exit.take_profit_pct": [0.01, 0.02]}})
+    for status in ("interrupted", "finished"):
+        sweeps.record_sweep(client, "grid-2", grid_json=grid, base_config_json="{}", source="x", configs=0, shards=1,
+                            objective="sharpe", detail=False, status=status, bar_count=0)
+        text = format_sweep_report(client, "grid-2")
+        assert text.startswith("PARTIAL") == (status != "finished"), text
