@@ -15,7 +15,7 @@ import json
 import os
 
 from connectors.clickhouse import sweeps as records
-from connectors.clickhouse.analytics import _EXPORTS, ISO, TRADE_CSV_COLUMNS, _fmt, _table
+from connectors.clickhouse.analytics import _EXPORTS, ISO, TRADE_CSV_COLUMNS, _fmt, _table, csv_value
 from connectors.clickhouse.schema import DATABASE
 from connectors.clickhouse.sweep_schema import METRIC_COLUMNS
 from operators.grid import WalkForwardSpec
@@ -128,8 +128,9 @@ def _walk_forward_text(wf, spec: WalkForwardSpec, label: str, kind: str) -> list
 
 def export_sweep_csv(client, sweep_id: str, out_dir: str, database: str = DATABASE) -> dict[str, int]:
     """configs.csv, trades.csv, metrics.csv, daily.csv, with --detail orders.csv,
-    fills.csv and rejections.csv, with walk-forward folds.csv; floats keep full
-    precision (repr), undefined values are empty."""
+    fills.csv and rejections.csv, with walk-forward folds.csv; floats rounded by
+    what they are as in `cuts backtest --out` (`analytics.csv_value`),
+    undefined values are empty."""
     os.makedirs(out_dir, exist_ok=True)
     info = records.sweep_info(client, sweep_id, database)
     axes, spec = _grid(info)
@@ -175,12 +176,6 @@ def export_sweep_csv(client, sweep_id: str, out_dir: str, database: str = DATABA
         with open(os.path.join(out_dir, name), "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(header)
-            w.writerows([_cell(v) for v in row] for row in rows)
+            w.writerows([csv_value(c, v) for c, v in zip(header, row)] for row in rows)
         written[name] = len(rows)
     return written
-
-
-def _cell(v):
-    if v is None:
-        return ""
-    return repr(v) if isinstance(v, float) else v
