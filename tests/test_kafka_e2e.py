@@ -136,7 +136,9 @@ def test_sigkill_twice_then_resume_gives_every_table_of_an_uninterrupted_run(bro
     rec_args = replay_args(broker, recovery_topic, crashed / "ch", "--recovery-dir", str(crashed / "rec"),
                            "--snapshot-s", "1")
     assert run_and_kill(rec_args, at_bars=30_000), "the run ended before the first kill point"
-    assert run_and_kill(rec_args, at_bars=100_000), "the run ended before the second kill point"
+    # bars stored counts this process's writes: 20,000 more after the resume (a later
+    # point raced the end of the replay on a fast run: one progress line a second)
+    assert run_and_kill(rec_args, at_bars=20_000), "the run ended before the second kill point"
     done = cuts(*rec_args, "--out", str(crashed / "out"), "--quiet")
     assert "resumed" in done.stdout
     same_exports(clean / "out", crashed / "out")
