@@ -17,6 +17,7 @@ from connectors.config import clickhouse_dsn, kafka_bootstrap, load_trading_conf
 from connectors.files.barfile import BarFileError, read_bar_file
 from connectors.kafka.errors import KafkaConnectorError
 from dataflows.backtest import run_backtest, run_replay
+from dataflows.cli.html_output import HtmlPathError, check_html_path, write_html_page
 from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
 
@@ -28,7 +29,7 @@ class UsageError(Exception):
 # Errors a user fixes by changing the command, file or setup: one line, exit 2.
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, UsageError, KafkaConnectorError,
-               RecoveryMismatch, TradingUsageError, CalendarUnavailable, TradingStopped)
+               RecoveryMismatch, TradingUsageError, CalendarUnavailable, TradingStopped, HtmlPathError)
 
 
 def dispatch(command, args) -> int:
@@ -53,15 +54,7 @@ def _finish(client, run_id: str, out: str | None, quiet: bool, html: str | None 
 
 def _write_html(client, run_id: str, path: str, against: str | None = None) -> None:
     """The run's tearsheet page; prints where it is."""
-    from dataflows.reports import write_run_page
-
-    if os.path.isdir(path):
-        raise UsageError(f"--html {path}: is a directory; give a file name such as {path.rstrip('/')}/report.html")
-    try:
-        size = write_run_page(client, run_id, path, against)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    print(f"report of run {run_id}: {os.path.abspath(path)} ({size / 1e6:.1f} MB)")
+    write_html_page(path, "run", run_id, client, against)
 
 
 def cluster_addresses(args) -> list[str]:
@@ -78,6 +71,8 @@ def cmd_backtest(args) -> int:
     addresses = cluster_addresses(args)
     config = load_trading_config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
+    if args.html:
+        check_html_path(args.html)  # before the run, not after it
     if args.bars:
         result = run_backtest(args.bars, config, dsn, run_id=args.run_id, workers=args.workers,
                               show_progress=not args.quiet, recovery_dir=args.recovery_dir,
@@ -217,10 +212,13 @@ def cmd_control(args) -> int:
 def cmd_report(args) -> int:
     client = open_client(clickhouse_dsn(args.clickhouse))
     if args.sweep is not None:
-        from dataflows.cli.sweep_command import cmd_report_sweep
+        from dataflows.cli.sweep_command import cmd_report_sweep, sweep_id_of
 
+        if args.against is not None or args.csv is not None:
+            raise UsageError("--against and --csv compare runs; a sweep's report takes neither")
         if args.html:
-            raise UsageError("--html is a run's page; a sweep's report has none yet (drop --html or --sweep)")
+            write_html_page(args.html, "sweep", sweep_id_of(client, args.sweep), client)
+            return 0
         print(cmd_report_sweep(client, args.sweep))
         return 0
     if args.html:
@@ -241,9 +239,13 @@ def cmd_report(args) -> int:
 
 def _report_html(client, args) -> int:
     """`cuts report --html PATH`: the tearsheet page of the run (with
-    --against, its comparison with that backtest too)."""
+    --against, its comparison with that backtest too); the sweep's page when
+    the run is a sweep."""
     from connectors.clickhouse import compare
 
+    if args.csv is not None:
+        raise UsageError("--csv goes with the text comparison (--against without --html): "
+                         "the page holds the comparison")
     if args.against is not None:
         run_id = args.run_id or compare.latest_other_run(client, args.against)
         if run_id is None:
@@ -254,9 +256,13 @@ def _report_html(client, args) -> int:
         run_id = args.run_id or analytics.latest_run_id(client)
         if run_id is None:
             raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
-    for rid in filter(None, (run_id, args.against)):
-        if not analytics.run_info(client, rid):
+    infos = {rid: analytics.run_info(client, rid) for rid in filter(None, (run_id, args.against))}
+    for rid, info in infos.items():
+        if not info:
             raise UsageError(f"unknown run id: {rid}")
+    if infos[run_id].get("mode") == "sweep" and args.against is None:  # its rows are the sweep's
+        write_html_page(args.html, "sweep", run_id, client)
+        return 0
     _write_html(client, run_id, args.html, args.against)
     return 0
 

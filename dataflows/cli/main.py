@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--sweep", metavar="SWEEP_ID", help="the report of a sweep (`latest`: the most recent)")
     rp.add_argument("--html", metavar="PATH",
                     help="write the run's tearsheet page (one self-contained HTML file; with --against, "
-                         "the comparison too) instead of printing the report")
+                         "the comparison too; with --sweep, the sweep's page) instead of printing the report")
 
     gen = sub.add_parser("generate", help="write seeded synthetic minute bars")
     gen.add_argument("--symbols", type=_positive_int, required=True)
