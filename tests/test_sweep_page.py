@@ -130,6 +130,28 @@ def test_ranking_agrees_with_the_text_report_of_the_sweep(swept, opened):
     assert len(top) == 10 and ids[:10] == top
 
 
+def test_a_long_ranking_lays_out_its_first_thousand_rows_and_shows_all_on_request(swept, browser):  # noqa: F811
+    sheet = sweep_sheet(swept["client"], SWEEP)
+    many = [dict(r, config_id=f"c{i + 1:04d}", rank=i + 1) for i, r in enumerate(sheet["ranking"] * 125)]
+    sheet["ranking"] = many  # 1,500 rows, real ones repeated under new ids
+    path = swept["dir"] / "long.html"
+    write_page(str(path), render_sweep_page(sheet))
+    opened = OpenPage(browser, path)
+    try:
+        page = opened.page
+        assert page.locator("#ranking tbody tr").count() == 1000
+        page.locator("#ranking thead th", has_text="trades").first.click()  # sorts all rows, lays out 1,000
+        first = page.evaluate("Array.from(document.querySelectorAll('#ranking tbody tr'))"
+                              ".map(tr => tr.children[1].textContent)")
+        ascending = sorted(many, key=lambda r: r["trades"])  # a stable sort, as the page's
+        assert first == [r["config_id"] for r in ascending[:1000]]
+        page.locator("p.note[data-table=ranking] button").click()
+        assert page.locator("#ranking tbody tr").count() == 1500
+        assert page.locator("p.note[data-table=ranking]").count() == 0 and opened.problems == []
+    finally:
+        opened.close()
+
+
 def test_top_configurations_equity_has_every_trading_day(swept, opened):
     (days,), = q(swept["client"],
                  "SELECT uniqExact(day) FROM thousandcuts.sweep_daily FINAL WHERE sweep_id = {s:String}")

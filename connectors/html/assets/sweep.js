@@ -8,6 +8,7 @@
   const DAYS = {type: 'date', tickformat: '%b %d', rangebreaks: [{bounds: ['sat', 'mon']}]};
   const n = C.config_id.length;
   const BEST = 0;  // configurations arrive best first
+  const RANKING_ROWS = 1000;  // laid out at first; the rest behind a button
   const label = (v) => { const x = JSON.parse(v); return typeof x === 'string' ? x : JSON.stringify(x); };
   function sortedValues(list) {
     const uniq = [...new Set(list)];
@@ -116,7 +117,7 @@
     ...D.axes.map((a) => ({key: 'axis:' + a, label: a, kind: 'text'})),
     {key: 'objective', label: D.objective.label, kind: D.objective.kind},
     ...D.metrics.filter((m) => m.key !== D.objective.key).map((m) => ({key: m.key, label: m.label, kind: m.kind})),
-  ], rows);
+  ], rows, undefined, RANKING_ROWS);
 
   cuts.done();
 })();
