@@ -5,7 +5,8 @@
   const C = D.configs;
   const BLUE = '#0969da', GREY = '#8c959f';
   const SCALE = [[0, '#cf222e'], [0.5, '#f6f8fa'], [1, '#1a7f37']];  // red = worst, green = best
-  const DAYS = {type: 'date', tickformat: '%b %d', rangebreaks: [{bounds: ['sat', 'mon']}]};
+  // one point per trading day: a category axis (a date axis put several ticks, repeated, on a day of a short sweep)
+  const DAYS = {type: 'category', nticks: 12, tickangle: 0};
   const n = C.config_id.length;
   const BEST = 0;  // configurations arrive best first
   const RANKING_ROWS = 1000;  // laid out at first; the rest behind a button
