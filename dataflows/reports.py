@@ -1,13 +1,15 @@
-"""Report pages: a run's numbers read from ClickHouse (`connectors.clickhouse`
-analytics, tearsheet and compare, all SQL) drawn into one self-contained HTML
-file (`connectors.html`)."""
+"""Report pages: a run's or a sweep's numbers read from ClickHouse
+(`connectors.clickhouse` analytics, tearsheet, compare, sweep_pages: all SQL)
+drawn into one self-contained HTML file (`connectors.html`)."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
-from connectors.clickhouse import analytics, compare, tearsheet
+from connectors.clickhouse import analytics, compare, sweep_pages, sweeps, tearsheet
 from connectors.clickhouse.report import resolve
+from connectors.html.sweep_page import render_sweep_page
 from connectors.html.tearsheet import render_tearsheet
 
 
@@ -58,3 +60,26 @@ def write_page(path: str, text: str) -> int:
 def write_run_page(client, run_id, path: str, against: str | None = None) -> int:
     """The tearsheet of `run_id` written to `path`; its size in bytes."""
     return write_page(path, render_tearsheet(run_sheet(client, run_id, against)))
+
+
+def sweep_sheet(client, sweep_id: str, top: int = sweep_pages.TOP_CURVES) -> dict:
+    """Everything the page of `sweep_id` shows, as `render_sweep_page` takes it."""
+    info = sweeps.sweep_info(client, sweep_id)
+    objective = info["objective"]
+    ranking = sweep_pages.ranking(client, sweep_id, objective)
+    best = ranking[0]["config_id"] if ranking else None
+    folds = sweep_pages.folds(client, sweep_id)
+    return {
+        "info": {k: v for k, v in info.items() if k not in ("grid_json", "base_config_json")},
+        "objective": objective, "axes": list(json.loads(info["grid_json"])["axes"]),
+        "ranking": ranking, "best": best,
+        "curves": sweep_pages.equity_curves(client, sweep_id, [r["config_id"] for r in ranking[:top]]),
+        "folds": folds,
+        "oos": sweep_pages.out_of_sample(client, sweep_id, best) if folds and best else
+        {k: [] for k in ("day", "fold", "config_id", "ret", "equity", "in_sample_equity")},
+    }
+
+
+def write_sweep_page(client, sweep_id: str, path: str) -> int:
+    """The page of `sweep_id` written to `path`; its size in bytes."""
+    return write_page(path, render_sweep_page(sweep_sheet(client, sweep_id)))

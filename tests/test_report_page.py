@@ -121,7 +121,8 @@ def test_trade_list_sorts_by_the_clicked_column(opened):
     header = page.locator("#trades thead th", has_text="P&L $")
     header.click()
     header.click()  # second click: descending
-    col = page.evaluate("Array.from(document.querySelectorAll('#trades thead th')).findIndex(th => th.textContent === 'P&L $')")
+    col = page.evaluate("Array.from(document.querySelectorAll('#trades thead th'))"
+                        ".findIndex(th => th.textContent === 'P&L $')")
     pnl = page.evaluate(f"""() => Array.from(document.querySelectorAll('#trades tbody tr'))
         .map(tr => parseFloat(tr.children[{col}].textContent.replace(/,/g, '')))""")
     assert pnl == sorted(pnl, reverse=True) and pnl[0] > pnl[-1]
@@ -147,7 +148,8 @@ def _copy_run(client, new_id: str, status: str | None, cut_trades: int = 0) -> N
     for table in ("bars", "signals", "orders", "fills", "equity", "rejections"):
         cols = ", ".join(c for c in column_names(table) if c != "run_id")
         client.command(f"INSERT INTO thousandcuts.{table} (run_id, {cols}) SELECT {{n:String}}, {cols} "
-                       f"FROM thousandcuts.{table} FINAL WHERE run_id = {{r:String}}", parameters={"n": new_id, "r": RUN})
+                       f"FROM thousandcuts.{table} FINAL WHERE run_id = {{r:String}}",
+                       parameters={"n": new_id, "r": RUN})
     cols = ", ".join(c for c in column_names("trades") if c != "run_id")
     client.command(f"""INSERT INTO thousandcuts.trades (run_id, {cols}) SELECT {{n:String}}, {cols}
         FROM thousandcuts.trades FINAL WHERE run_id = {{r:String}}
@@ -180,6 +182,15 @@ def test_an_unfinished_run_is_marked_on_every_screen_of_its_page(run, browser, s
         assert opened.problems == []
     finally:
         opened.close()
+
+
+@pytest.mark.parametrize("status", ["interrupted", "stopped", "paused-by-someone"])
+def test_every_status_but_finished_gets_the_banner_and_the_title(run, status):
+    sheet = run_sheet(run["client"], RUN)
+    sheet["run"]["status"] = status
+    page = render_tearsheet(sheet)
+    assert f'<div id="run-status" class="status-banner" role="alert" data-status="{status}">' in page
+    assert f"<title>[{status.upper()}] Run {RUN}</title>" in page
 
 
 def test_finished_run_has_no_warning_banner(opened):
@@ -233,11 +244,22 @@ def test_downsampled_equity_is_drawn_with_the_points_sql_kept(run, browser):  # 
 
 
 def test_demo_writes_its_report_page_and_prints_where(tmp_path, browser):  # noqa: F811
-    proc = cuts("demo", "--dir", str(tmp_path / "demo"), "--symbols", "3", "--days", "2")
+    proc = cuts("demo", "--dir", str(tmp_path / "demo"), "--symbols", "3", "--days", "1")
     page = tmp_path / "demo" / "report.html"
     assert f"report of run demo: {page} (" in proc.stdout.splitlines()[-1]
     opened = OpenPage(browser, page)
     try:
-        assert opened.lengths("fig-equity") == [2 * 390, 2 * 390] and opened.problems == []
+        assert opened.lengths("fig-equity") == [390, 390] and opened.problems == []
     finally:
         opened.close()
+
+
+def test_html_path_that_is_a_directory_or_unwritable_is_one_line(tmp_path, run):
+    from dataflows.cli.html_output import HtmlPathError, write_html_page
+
+    with pytest.raises(HtmlPathError, match="is a directory"):
+        write_html_page(str(tmp_path), "run", RUN, run["client"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(HtmlPathError, match="cannot write"):
+        write_html_page(str(blocker / "report.html"), "run", RUN, run["client"])  # a file as the folder

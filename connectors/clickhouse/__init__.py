@@ -5,6 +5,7 @@ Pure mapping (no I/O):
   `schema`           the run tables (`TABLES`, `ddl`), the views (`VIEWS`: the order
                      history's current state) and events -> columns (`to_columns`)
   `native`           columns (numpy arrays or lists) -> a block of ClickHouse's Native format
+  `sweep_schema`     a sweep's tables (`SWEEP_TABLES`, `sweep_ddl`) and its rows -> columns
 
 I/O:
   `client`           `open_client` (one per DSN and process), `ensure_schema`,
@@ -13,5 +14,8 @@ I/O:
   `runs`             run bookkeeping: the `runs` row, clearing a run before a fresh one
   `analytics`        reports of a run (spec section 6 metrics) in ClickHouse SQL, CSV export
   `compare`          a live run against the backtest of the same bars, in SQL
+  `tearsheet`        the run page's series and extra metrics, in SQL
+  `sweeps`, `sweep_report`  a sweep's records, metrics SQL, text report and CSVs
+  `sweep_pages`      the sweep page's ranking, curves and walk-forward series, in SQL
   `reconciliations`  the `reconciliations` table and what a run recorded (positions, order ids)
 """

@@ -8,6 +8,7 @@ the plotly wheel):
   `page`       the page shell: inlined plotly.js, styles and scripts, the data
                as JSON with numeric columns as base64 typed arrays
   `tearsheet`  a run's tearsheet (`cuts report --html`)
+  `sweep_page` a sweep's page (`cuts report --sweep ID --html`, `cuts sweep --html`)
 
 The pages' scripts and styles are in `assets/`.
 """

@@ -17,6 +17,13 @@ from typing import Any
 from connectors.html.page import document, typed
 
 FINISHED = "finished"
+# what the banner says of a run or sweep in another status (any other: "is X, not finished")
+UNFINISHED = {
+    "running": "is still running: these are partial results as of the last rows written",
+    "failed": "failed: these are the partial results it wrote before it stopped",
+    "interrupted": "was interrupted before the end of its bars: these are partial results",
+    "stopped": "was stopped: these are its results up to the last minute it applied",
+}
 
 # (key, label, kind): kind % fraction, $ money, d days, n number, i integer
 HEADLINE: list[tuple[str, list[tuple[str, str, str]]]] = [
@@ -63,9 +70,7 @@ def _status_banner(run: dict) -> str:
     status = run.get("status") or "unknown"
     if status == FINISHED:
         return ""
-    what = {"running": "is still running: these are partial results as of the last rows written",
-            "failed": "failed: these are the partial results it wrote before it stopped"}.get(
-        status, f"is {status}, not finished: these results may be incomplete")
+    what = UNFINISHED.get(status, f"is {status}, not finished: these results may be incomplete")
     return (f'<div id="run-status" class="status-banner" role="alert" data-status="{_e(status)}">'
             f"<strong>{_e(status.upper())}</strong> Run {_e(run['run_id'])} {_e(what)}.</div>")
 

@@ -19,6 +19,7 @@ from connectors.files.barfile import BarFileError, read_bar_file
 from connectors.kafka.errors import KafkaConnectorError
 from dataflows.backtest import run_backtest, run_replay
 from dataflows.cli.args import UsageError
+from dataflows.cli.html_output import HtmlPathError, check_html_path
 from dataflows.recovery import RecoveryMismatch
 from operators.config import ConfigError
 
@@ -27,7 +28,7 @@ from operators.config import ConfigError
 # dataflows.trading (alpaca-py's trading client) is imported by `cuts run --alpaca` only
 USER_ERRORS = (ConfigError, BarFileError, ClickHouseUnavailable, ClickHouseDsnError, UsageError,
                KafkaConnectorError, RecoveryMismatch, TradingUsageError, CalendarUnavailable, RunIdError,
-               TradingStopped)
+               TradingStopped, HtmlPathError)
 
 
 def _finish(client, run, out: str | None, quiet: bool, html: str | None = None) -> None:
@@ -72,6 +73,8 @@ def cmd_backtest(args) -> int:
     addresses = cluster_addresses(args)
     config = _config(args.config)
     dsn = clickhouse_dsn(args.clickhouse)
+    if args.html:
+        check_html_path(args.html)  # before the run, not after it
     if args.process_id == 0:  # only process 0 opens the database (docs/scaling.md)
         open_client(dsn)  # before any work: a bad DSN or an unreachable store is one line now
     if args.bars:

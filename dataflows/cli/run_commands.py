@@ -14,6 +14,8 @@ import sys
 from connectors.clickhouse.errors import ClickHouseDsnError, ClickHouseUnavailable
 from connectors.clickhouse.report import UnknownRun
 from dataflows.cli.args import UsageError, out_dir_arg
+from dataflows.cli.html_output import HtmlPathError
+from dataflows.cli.sweep_command import SweepUsageError
 
 
 def register(sub) -> None:
@@ -57,6 +59,10 @@ def cmd_report(args) -> int:
     from connectors.clickhouse import analytics
     from connectors.clickhouse.report import build_report, format_text, to_json, write_csv
 
+    if args.html and args.csv is not None:  # what the command asks is checked before the store opens
+        raise UsageError("--csv goes with the text report or comparison: the page holds the tables")
+    if args.sweep is not None:
+        _check_sweep_args(args)
     client = _client(args)
     if args.sweep is not None:
         return _report_sweep(client, args, args.sweep)
@@ -80,13 +86,22 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _report_sweep(client, args, sweep_id: str) -> int:
-    from dataflows.cli.sweep_command import cmd_report_sweep
+def _check_sweep_args(args) -> None:
+    if args.against is not None or args.csv is not None:
+        raise UsageError("--against and --csv compare runs; a sweep's report takes neither")
+    if args.json:
+        raise UsageError("a sweep's report is text or a page; its tables as CSV: `cuts sweep ... --out DIR`")
 
+
+def _report_sweep(client, args, sweep_id: str) -> int:
+    """A sweep's report: text, or its page with --html."""
+    from dataflows.cli.html_output import write_html_page
+    from dataflows.cli.sweep_command import cmd_report_sweep, sweep_id_of
+
+    _check_sweep_args(args)
     if args.html:
-        raise UsageError("--html is a run's page; a sweep's report has none yet (drop --html or --sweep)")
-    if args.json or args.csv or args.against:
-        raise UsageError("a sweep's report is text; its tables as CSV: `cuts sweep ... --out DIR`")
+        write_html_page(args.html, "sweep", sweep_id_of(client, sweep_id), client)
+        return 0
     print(cmd_report_sweep(client, sweep_id))
     return 0
 
@@ -123,8 +138,9 @@ def write_html(client, run, path: str, against: str | None = None) -> None:
     from connectors.clickhouse.runs import public_id
     from dataflows.reports import write_run_page
 
-    if os.path.isdir(path):
-        raise UsageError(f"--html {path}: is a directory; give a file name such as {path.rstrip('/')}/report.html")
+    from dataflows.cli.html_output import check_html_path
+
+    check_html_path(path)
     try:
         size = write_run_page(client, run, path, against)
     except OSError as exc:
@@ -150,6 +166,8 @@ def _report_html(client, args) -> int:
             raise UsageError("no runs in ClickHouse yet: run `cuts backtest` first")
     for rid in filter(None, (run_id, args.against)):
         resolve(client, rid)  # UnknownRun with the nearest ids
+    if args.against is None and analytics.run_info(client, run_id).get("mode") == "sweep":
+        return _report_sweep(client, args, run_id)  # its rows are the sweep's: the sweep's page
     write_html(client, run_id, args.html, args.against)
     return 0
 
@@ -167,5 +185,6 @@ def cmd_runs(args) -> int:
     return 0
 
 
-USER_ERRORS = (UnknownRun, ClickHouseUnavailable, ClickHouseDsnError, UsageError)
+USER_ERRORS = (UnknownRun, ClickHouseUnavailable, ClickHouseDsnError, UsageError, HtmlPathError,
+               SweepUsageError)
 COMMANDS = {"report": cmd_report, "runs": cmd_runs}

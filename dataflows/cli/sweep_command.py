@@ -34,6 +34,8 @@ def register(sub) -> None:
     sw.add_argument("--clickhouse", help="chdb:///dir or http://host:8123 (default ./data/clickhouse)")
     sw.add_argument("--out", help="also write configs.csv, trades.csv, metrics.csv, daily.csv, folds.csv here "
                                               "(default: none)")
+    sw.add_argument("--html", metavar="PATH", help="also write the sweep's page (one HTML file: heatmap, "
+                                                   "ranking, top equity curves, walk-forward) (default: none)")
     sw.add_argument("--workers", type=_positive_int, default=1, help="Bytewax workers in this process")
     sw.add_argument("-i", "--process-id", type=int, default=0, help="this process's index (multi-process)")
     sw.add_argument("-a", "--addresses", default="",
@@ -57,6 +59,10 @@ def cmd_sweep(args) -> int:
     from dataflows.sweep import SweepSource, run_sweep
 
     grid = load_grid(args.grid)
+    if args.html:
+        from dataflows.cli.html_output import check_html_path
+
+        check_html_path(args.html)  # before the sweep, not after it
     base = load_trading_config(args.config)
     addresses = [a for a in args.addresses.split(";") if a]
     if addresses and not 0 <= args.process_id < len(addresses):
@@ -85,13 +91,16 @@ def cmd_sweep(args) -> int:
                   file=sys.stderr)
     if not args.quiet:
         print(format_sweep_report(client, result.sweep_id))
+    if args.html:
+        from dataflows.cli.html_output import write_html_page
+
+        write_html_page(args.html, "sweep", result.sweep_id, client)
     return 0
 
 
-def cmd_report_sweep(client, sweep_id: str) -> str:
-    """`cuts report --sweep ID` (`latest`: the most recent sweep)."""
+def sweep_id_of(client, sweep_id: str) -> str:
+    """The sweep id `cuts report --sweep` names (`latest`: the most recent sweep)."""
     from connectors.clickhouse import sweeps
-    from connectors.clickhouse.sweep_report import format_sweep_report
 
     if sweep_id == "latest":
         sweep_id = sweeps.latest_sweep_id(client)
@@ -99,7 +108,14 @@ def cmd_report_sweep(client, sweep_id: str) -> str:
             raise SweepUsageError("no sweeps in ClickHouse yet: run `cuts sweep` first")
     if not sweeps.sweep_info(client, sweep_id):
         raise SweepUsageError(f"unknown sweep id: {sweep_id}")
-    return format_sweep_report(client, sweep_id)
+    return sweep_id
+
+
+def cmd_report_sweep(client, sweep_id: str) -> str:
+    """`cuts report --sweep ID` (`latest`: the most recent sweep)."""
+    from connectors.clickhouse.sweep_report import format_sweep_report
+
+    return format_sweep_report(client, sweep_id_of(client, sweep_id))
 
 
 COMMANDS = {"sweep": cmd_sweep}

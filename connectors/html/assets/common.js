@@ -48,21 +48,27 @@ const cuts = (() => {
       (err) => { document.body.dataset.ready = 'error'; console.error('chart failed', err); });
   }
 
+  // one formatter each: toLocaleString builds a new one per call, seconds over a table of 10,000 rows
+  const MONEY = new Intl.NumberFormat('en-US', {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  const INT = new Intl.NumberFormat('en-US', {maximumFractionDigits: 0});
+  const NUM = new Intl.NumberFormat('en-US', {maximumFractionDigits: 4});
   function fmt(v, kind) {
     if (v === null || v === undefined || Number.isNaN(v)) return '-';
     if (kind === '%') return (v * 100).toFixed(2) + '%';
-    if (kind === '$') return v.toLocaleString('en-US', {minimumFractionDigits: 2, maximumFractionDigits: 2});
-    if (kind === 'i') return Math.round(v).toLocaleString('en-US');
+    if (kind === '$') return MONEY.format(v);
+    if (kind === 'i') return INT.format(Math.round(v));
     if (kind === 'time') return new Date(v * 1000).toISOString().slice(0, 16).replace('T', ' ');
     if (kind === 'price') return v.toFixed(v >= 1000 ? 2 : 4);
-    if (typeof v === 'number') return v.toLocaleString('en-US', {maximumFractionDigits: 4});
+    if (typeof v === 'number') return NUM.format(v);
     return String(v);
   }
 
   // A table sorted by a click on its header: columns [{key, label, kind}],
-  // rows as objects. onRow(row) is called when a row is clicked.
-  function sortableTable(table, columns, rows, onRow) {
-    let key = null, asc = true;
+  // rows as objects. onRow(row) is called when a row is clicked. With `limit`,
+  // only the first `limit` rows of the current order are laid out (the layout
+  // of 10,000 rows took seconds) and a button below shows them all.
+  function sortableTable(table, columns, rows, onRow, limit) {
+    let key = null, asc = true, shown = limit && rows.length > limit ? limit : rows.length;
     const thead = table.querySelector('thead'), tbody = table.querySelector('tbody');
     const tr = document.createElement('tr');
     columns.forEach((c) => {
@@ -85,7 +91,7 @@ const cuts = (() => {
         sorted.sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0) * sign);
       }
       const frag = document.createDocumentFragment();
-      sorted.forEach((r) => {
+      sorted.slice(0, shown).forEach((r) => {
         const row = document.createElement('tr');
         columns.forEach((c) => {
           const td = document.createElement('td');
@@ -98,6 +104,17 @@ const cuts = (() => {
         frag.appendChild(row);
       });
       tbody.replaceChildren(frag);
+    }
+    if (shown < rows.length) {
+      const more = document.createElement('p'), button = document.createElement('button');
+      more.className = 'note';
+      more.dataset.table = table.id;
+      more.textContent = 'The first ' + shown.toLocaleString('en-US') + ' of ' + rows.length.toLocaleString('en-US') +
+        ' rows in the order chosen (click a column to sort). ';
+      button.textContent = 'Show all';
+      button.addEventListener('click', () => { shown = rows.length; more.remove(); draw(); });
+      more.appendChild(button);
+      (table.closest('.scroll') || table).after(more);
     }
     draw();
   }
