@@ -12,6 +12,7 @@ walk-forward folds, and closes the sweep's row.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -104,8 +105,10 @@ def run_sweep(source: SweepSource, grid: Grid, base: TradingConfig, dsn: str, *,
         records.record_configs(client, sweep_id, [(c.config_id, dict(zip(axes, c.values)), c.config)
                                                   for c in configs])
 
+    where = (os.path.abspath(source.bars_path) if source.bars_path
+             else f"topic {source.topic} at {source.bootstrap}")  # as a backtest's, for `cuts runs`
     spec = RunSpec(base, dsn, sweep_id, "sweep", workers=workers, recovery_dir=recovery_dir,
-                   snapshot_s=snapshot_s, addresses=addresses, process_id=process_id,
+                   snapshot_s=snapshot_s, addresses=addresses, process_id=process_id, source=where,
                    source_identity={"source": identity, "grid": config_hash_of(grid),
                                     "detail": detail, "base": config_hash(base)},
                    sweep=SweepSettings(tuple((c.config_id, c.config) for c in configs), shards,

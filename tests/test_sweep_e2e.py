@@ -239,6 +239,13 @@ def test_report_prints_the_sweep_again(swept):
     assert not (d / "sweep.html").exists()
 
 
+def test_cuts_runs_lists_the_sweep_with_its_status_and_bar_file(swept, market):
+    d, _, _ = swept
+    rows = json.loads(cuts("runs", "--json", "--clickhouse", f"chdb://{d / 'ch-sweep'}").stdout)
+    sweep = next(r for r in rows if r["run_id"] == "sw-e2e")
+    assert (sweep["mode"], sweep["status"], sweep["source"]) == ("sweep", "finished", os.path.abspath(market))
+
+
 def test_two_workers_give_the_same_csv_files(market, swept, tmp_path):
     d, _, _ = swept
     out = tmp_path / "w2"
