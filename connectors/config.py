@@ -17,21 +17,26 @@ DEFAULT_CONFIG = "config/trading.yaml"
 DEFAULT_CLICKHOUSE = "chdb://./data/clickhouse"
 
 
+def _read_yaml(path: str, what: str, error: type[Exception]):
+    """A YAML file's content; a missing file or bad YAML is `error` with one line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}{where}: not valid YAML") from None
+
+
 def load_trading_config(path: str | None) -> TradingConfig:
     """The trading configuration from `path` (defaults when None and no default file)."""
     if path is None:
         path = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
     if path is None:
         return TradingConfig()
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    raw = _read_yaml(path, "config", ConfigError)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -45,16 +50,7 @@ def load_trading_config(path: str | None) -> TradingConfig:
 def load_grid(path: str) -> Grid:
     """A sweep grid file (`axes`, optional `walk_forward`), checked for shape;
     `operators.grid.expand` validates its configurations."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise GridError(f"grid file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise GridError(f"{path}{where}: not valid YAML") from None
-    return parse_grid(raw, where=path)
+    return parse_grid(_read_yaml(path, "grid", GridError), where=path)
 
 
 def clickhouse_dsn(cli_value: str | None) -> str:
