@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 
 from connectors.html.page import document, typed
-from connectors.html.tearsheet import FINISHED, UNFINISHED, fmt
+from connectors.html.tearsheet import FINISHED, fmt, status_banner
 
 OBJECTIVE_LABELS = {"sharpe": ("Sharpe", "n"), "total_return": ("Total return", "%"),
                     "profit_factor": ("Profit factor", "n")}
@@ -24,15 +24,6 @@ METRIC_LABELS = {"total_return": ("total return", "%"), "sharpe": ("Sharpe", "n"
 
 def _e(text) -> str:
     return html.escape(str(text))
-
-
-def _banner(info: dict) -> str:
-    status = info.get("status") or "unknown"
-    if status == FINISHED:
-        return ""
-    what = UNFINISHED.get(status, f"is {status}, not finished: these results may be incomplete")
-    return (f'<div id="run-status" class="status-banner" role="alert" data-status="{_e(status)}">'
-            f"<strong>{_e(status.upper())}</strong> Sweep {_e(info['sweep_id'])} {_e(what)}.</div>")
 
 
 def _header(info: dict, best: dict | None, objective: str) -> str:
@@ -89,7 +80,7 @@ def render_sweep_page(sheet: dict) -> str:
     best = ranking[0] if ranking else None
     axes = sheet["axes"]
     body = "".join([
-        _banner(info), _header(info, best, objective),
+        status_banner("Sweep", info["sweep_id"], info.get("status")), _header(info, best, objective),
         '<section id="heatmap"><h2>The objective over two axes</h2><div class="pickers">',
         '<label>x <select id="axis-x"></select></label> <label>y <select id="axis-y"></select></label> ',
         '<label>value <select id="metric"></select></label></div>',

@@ -66,13 +66,15 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _status_banner(run: dict) -> str:
-    status = run.get("status") or "unknown"
+def status_banner(kind: str, ident: str, status: str | None) -> str:
+    """The banner of a run's or a sweep's page (`kind`: "Run" or "Sweep")
+    that did not finish; nothing for a finished one."""
+    status = status or "unknown"
     if status == FINISHED:
         return ""
     what = UNFINISHED.get(status, f"is {status}, not finished: these results may be incomplete")
     return (f'<div id="run-status" class="status-banner" role="alert" data-status="{_e(status)}">'
-            f"<strong>{_e(status.upper())}</strong> Run {_e(run['run_id'])} {_e(what)}.</div>")
+            f"<strong>{_e(status.upper())}</strong> {kind} {_e(ident)} {_e(what)}.</div>")
 
 
 def _header(run: dict) -> str:
@@ -186,7 +188,7 @@ def render_tearsheet(sheet: dict) -> str:
         f'<div class="pair"><div>{_breakdown_table(name, sheet["breakdowns"][name])}</div>'
         f'<div id="fig-by-{name}" class="fig"></div></div>' for name, _ in BREAKDOWNS)
     body = "".join([
-        _status_banner(run), _header(run), _metrics(sheet["metrics"]),
+        status_banner("Run", run['run_id'], run.get("status")), _header(run), _metrics(sheet["metrics"]),
         '<section id="equity"><h2>Equity and drawdown</h2><div id="fig-equity" class="fig tall"></div>',
         f'<p class="note" id="equity-note">{_e(_equity_note(equity))} Times are New York.</p></section>',
         '<section class="cols"><div><h2>Daily P&amp;L</h2><div id="fig-daily" class="fig"></div></div>',
