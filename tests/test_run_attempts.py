@@ -216,10 +216,11 @@ def test_a_sweep_keeps_one_attempt_under_its_id_and_its_id_is_not_a_backtests(ma
     client = open_client(dsn)
     from connectors.clickhouse.client import ensure_schema
     ensure_schema(client)
-    first = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}")
-    ch_runs.end_attempt(client, first, "finished", 10)
-    again = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}")
+    first = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}", now_ms=1_000)
+    ch_runs.end_attempt(client, first, "finished", 10, now_ms=2_000)
+    again = ch_runs.begin_attempt(client, "grid-1", "sweep", "{}", now_ms=3_000)
     assert (first.attempt, first.data_id) == (again.attempt, again.data_id) == (1, "grid-1")
+    assert again.started_at == 3_000  # run again, it is the latest started
     with pytest.raises(ch_runs.RunIdError) as info:
         run_file(markets[0], dsn, "grid-1")
     assert "is a sweep run already" in str(info.value)

@@ -259,7 +259,8 @@ def begin_attempt(client, run_id: str, mode: str, config_json: str, source: str 
             a = RunAttempt(run_id, number, run_id if number == 1 else f"{run_id}{ATTEMPT_MARK}{number}",
                            started_at=now, version=now, **mine)
         else:
-            a = replace(known, **mine, version=max(now, known.version + 1))
+            fresh = {"started_at": now} if _bounded(mode) and not resuming else {}  # a sweep run again
+            a = replace(known, **mine, **fresh, version=max(now, known.version + 1))
     else:
         number = max((a.attempt for a in history), default=0) + 1
         a = RunAttempt(run_id, number, run_id if number == 1 else f"{run_id}{ATTEMPT_MARK}{number}",
