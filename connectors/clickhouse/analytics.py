@@ -280,12 +280,17 @@ def export_csv(client, run, out_dir: str, database: str = DATABASE) -> dict[str,
         sql = sql.format(src=_f(database, table)).replace("SELECT run_id,", "SELECT {public:String},", 1)
         rows = client.query(sql,
                             parameters={"run_id": data, "public": public}).result_rows
-        with open(os.path.join(out_dir, name), "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            w.writerows([csv_value(c, v) for c, v in zip(header, row)] for row in rows)
-        written[name] = len(rows)
+        written[name] = write_csv_file(os.path.join(out_dir, name), header, rows)
     return written
+
+
+def write_csv_file(path: str, header: list, rows: list) -> int:
+    """One CSV file of query rows, each value rounded by its column (`csv_value`); rows written."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows([csv_value(c, v) for c, v in zip(header, row)] for row in rows)
+    return len(rows)
 
 
 def dead_letter_line(by_reason: dict) -> str | None:

@@ -10,12 +10,11 @@ the in-sample best. Ranking and walk-forward use `operators.walk_forward`
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 from connectors.clickhouse import sweeps as records
-from connectors.clickhouse.analytics import _EXPORTS, ISO, TRADE_CSV_COLUMNS, _fmt, _table, csv_value
+from connectors.clickhouse.analytics import _EXPORTS, ISO, TRADE_CSV_COLUMNS, _fmt, _table, write_csv_file
 from connectors.clickhouse.schema import DATABASE
 from connectors.clickhouse.sweep_schema import METRIC_COLUMNS
 from operators.grid import WalkForwardSpec
@@ -171,11 +170,5 @@ def export_sweep_csv(client, sweep_id: str, out_dir: str, database: str = DATABA
                     toString(test_end), config_id, train_objective, test_return, test_sharpe, test_trades,
                     test_win_rate, test_profit_factor, test_max_drawdown
                 FROM {db}.walk_forward {where} ORDER BY fold""", parameters=p).result_rows)
-    written = {}
-    for name, (header, rows) in files.items():
-        with open(os.path.join(out_dir, name), "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            w.writerows([csv_value(c, v) for c, v in zip(header, row)] for row in rows)
-        written[name] = len(rows)
-    return written
+    return {name: write_csv_file(os.path.join(out_dir, name), header, rows)
+            for name, (header, rows) in files.items()}
