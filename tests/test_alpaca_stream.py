@@ -412,6 +412,9 @@ def test_a_restart_continues_after_the_topics_last_marker_without_writing_a_bar_
     try:
         server.wait_until(lambda: subscribed(server, 1, ["AAPL", "MSFT"]), timeout=5)
         server.push_bars([wire_bar("AAPL", T0, 100), wire_bar("MSFT", T0, 50)])
+        # the bars follow the subscription's ack on the socket: once they are in Kafka the
+        # connector has timed its coverage (T0 + 5), so minute T0 needs no backfill
+        wait_for(lambda: len(bars_in(kafka.bootstrap, topic)) == 2)
         clock.t = T0 + 62.5
         wait_for(lambda: all(m == [T0 + 60] for m in markers_in(kafka.bootstrap, topic).values()))
         server.push_bars([wire_bar("AAPL", T0 + 60, 101)])  # written, its minute not yet complete
@@ -490,6 +493,8 @@ def test_a_restart_long_after_the_last_marker_starts_at_the_current_minute(serve
     run = Running(settings(server, kafka, topic), clock)
     try:
         server.wait_until(lambda: subscribed(server, 1, ["AAPL", "MSFT"]), timeout=5)
+        server.push_bars([wire_bar("AAPL", T0, 100), wire_bar("MSFT", T0, 50)])
+        wait_for(lambda: len(bars_in(kafka.bootstrap, topic)) == 2)  # coverage timed at T0 + 5
         clock.t = T0 + 62.5
         wait_for(lambda: all(T0 + 60 in m for m in markers_in(kafka.bootstrap, topic).values()))
     finally:
