@@ -248,8 +248,8 @@ def test_gaps_in_time_within_a_day_do_not_matter_windows_count_bars(kind):
 # ------------------------------------------------------------- signal terms and filters
 def test_panic_buy_is_filtered_by_its_own_risk_reward():
     # its own exit: tp 0.01 / sl 0.01 = 1.0 < min_risk_reward 2.0 -> filtered
-    own = PANIC.model_copy(update={"exit": {"take_profit_pct": 0.01, "stop_loss_pct": 0.01}})
-    own = PanicReboundConfig.model_validate(own.model_dump())
+    own = PanicReboundConfig.model_validate(
+        {**PANIC.model_dump(), "exit": {"take_profit_pct": 0.01, "stop_loss_pct": 0.01}})
     passed, filtered, _ = feed("scalar", cfg(own), standard_day())
     assert passed == [] and filtered == [(0, 6, PID, BUY, "low_risk_reward")]
 
