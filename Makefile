@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the project's bytecode, as `pip install .` would leave it (an editable
+# install under PYTHONDONTWRITEBYTECODE=1 compiles every module at each start)
+BYTECODE := $(PY) -m compileall -q dataflows operators connectors >/dev/null
 
 .PHONY: demo test bench clean
 
@@ -10,9 +13,11 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@$(BYTECODE)
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	@$(BYTECODE)
 	$(VENV)/bin/cuts demo
 
 test: $(STAMP)

@@ -27,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.installed import compile_sources  # noqa: E402
 
 
 def operators_only(path: str, config_path: str) -> tuple[int, float, float, int]:
@@ -90,6 +91,22 @@ def end_to_end(cuts: str, bars: str, config_path: str, tmp: str, workers: int) -
     return wall, cpu, flow_rate, line
 
 
+def run_child(cmd: list) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run `cmd` to its end: (wall seconds, the child's own peak RSS in MiB,
+    the finished process with its output)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(cmd, child.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+    return wall, usage.ru_maxrss / 1024, done
+
+
 def detector_only(tmp: str) -> str:
     """config/trading.yaml plus the panic entry of config/panic.yaml, nothing else
     changed: the detector's own cost (panic.yaml also allows more losses in a row,
@@ -114,6 +131,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--configs", default="config/trading.yaml,config/panic.yaml,DETECTOR_ONLY")
     args = ap.parse_args()
+    compile_sources()  # `cuts` as installed (bench/installed.py)
     cuts = os.path.join(os.path.dirname(sys.executable), "cuts")
     with tempfile.TemporaryDirectory() as tmp:
         configs = [detector_only(tmp) if c == "DETECTOR_ONLY" else os.path.join(ROOT, c) if not os.path.isabs(c)

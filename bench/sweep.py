@@ -33,6 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.installed import compile_sources  # noqa: E402
 VBT_VENV = os.path.join(ROOT, "bench", ".venv-vectorbt")
 GRID = """axes:
   exit.take_profit_pct: [0.01, 0.015, 0.02, 0.03]
@@ -95,6 +96,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-vectorbt", action="store_true")
     args = ap.parse_args()
+    compile_sources()  # `cuts` as installed (bench/installed.py)
     cuts = os.path.join(os.path.dirname(sys.executable), "cuts")
     with tempfile.TemporaryDirectory() as tmp:
         bars = os.path.join(tmp, "bars.parquet")

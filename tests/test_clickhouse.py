@@ -287,9 +287,12 @@ def test_a_table_from_an_older_version_gets_its_new_columns(client):
     assert client.command("SELECT count() FROM olddb.orders FINAL") == len(EVENTS["orders"])
 
 
-def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
+@pytest.mark.parametrize("flush_each_batch", [True, False])
+def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path, flush_each_batch):
     """An insert ClickHouse refuses (here: a table without the sink's columns)
-    stops the flow with that error; closing the sink does not fail again."""
+    stops the flow with that error; closing the sink does not fail again.
+    Without a flush per batch the insert fails on the writer's insert thread
+    and the sink's closing flush raises it."""
     import subprocess
     import sys as _sys
     import textwrap
@@ -308,7 +311,7 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
         flow = Dataflow("f")
         items = op.input("in", flow, TestingSource([PortfolioOutput(trades=[t])]))
         op.output("out", op.key_on("k", items, lambda _: "clickhouse"),
-                  ch_sink.ClickHouseSink(dsn, "r", flush_each_batch=True))
+                  ch_sink.ClickHouseSink(dsn, "r", flush_each_batch={flush_each_batch}))
         try:
             run_main(flow)
         except Exception as exc:
@@ -319,6 +322,43 @@ def test_a_failed_write_ends_the_run_with_its_own_error_not_an_abort(tmp_path):
                           cwd=str(Path(__file__).resolve().parent.parent))
     assert proc.returncode == 0 and "FAILED CLEANLY" in proc.stdout, proc.stderr[-2000:]
     assert "panic in a destructor" not in proc.stderr
+
+
+def test_a_background_writer_has_stored_every_row_when_flush_returns(client):
+    w = ch.ClickHouseWriter(client, "background", batch_rows=2, background=True)
+    try:
+        for i in range(7):  # batches of two go to the insert thread as they fill
+            w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0)])
+        w.flush()
+        assert w.written["equity"] == 7 and w.pending() == 0
+        assert final_count(client, "equity", "background") == 7
+    finally:
+        w.close()
+
+
+def test_a_failed_background_insert_keeps_its_rows_and_the_next_write_raises_its_error(client):
+    """The insert thread fails on a database that does not exist yet: the
+    next write raises that error, every row stays buffered (also those queued
+    behind the failed insert and the one being added), and a flush once the
+    database exists stores them all."""
+    w = ch.ClickHouseWriter(client, "lost-nothing", batch_rows=2, database="later", background=True)
+    try:
+        handed = 0
+        with pytest.raises(Exception) as raised:
+            for i in range(9):
+                handed += 1  # the row of an add that raises is buffered too
+                w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0)])
+            w.flush()
+        assert "later" in str(raised.value)
+        w.close()  # the inserts still queued are done (put back) when the thread ends
+        assert w.failed and w.written["equity"] == 0 and w.pending() == handed
+        w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0) for i in range(handed, 9)])
+        ch.ensure_schema(client, database="later")
+        w.flush()
+        assert w.pending() == 0 and w.written["equity"] == 9
+        assert client.command("SELECT count() FROM later.equity FINAL") == 9
+    finally:
+        w.close()
 
 
 # ------------------------------------------------------------- order history

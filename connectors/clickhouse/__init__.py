@@ -10,6 +10,8 @@ Pure mapping (no I/O):
 I/O:
   `client`           `open_client` (one per DSN and process), `ensure_schema`,
                      `insert_columns`, `ClickHouseWriter`, the process's shared writers
+  `inserts`          a writer's insert thread: inserts beside the flow, nothing lost on a failure
+  `migrations`       older databases brought up to date by `ensure_schema`
   `sink`             the dataflow's sink (SymbolOutput / PortfolioOutput -> tables)
   `runs`             run bookkeeping: the `runs` row, clearing a run before a fresh one
   `analytics`        reports of a run (spec section 6 metrics) in ClickHouse SQL, CSV export

@@ -19,6 +19,8 @@ chDB facts (chdb 4.4, clickhouse-connect 0.x/1.x, measured):
   `raw_insert`): `client.insert` serialised value by value in Python. With
   `optimize_on_insert=0` the 725,400 bars of the bench take ~0.2 s in
   100,000-row blocks (bench/README.md).
+- An insert does not hold the GIL: a flow's writer (`shared_writer`) inserts
+  on its own thread (`connectors.clickhouse.inserts`) while the flow goes on.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from connectors.clickhouse.errors import (
     chdb_error,
     server_error,
 )
+from connectors.clickhouse.inserts import InsertThread
+from connectors.clickhouse.migrations import migrate_request_log, set_aside_request_log
 from connectors.clickhouse.native import Parts, encode_block
 from connectors.clickhouse.schema import (
     DATABASE,
@@ -181,8 +185,12 @@ def close_clients() -> None:
             if getattr(writer, "failed", False):
                 # that error already ended the run: raising it again here would hide it
                 log.error("ClickHouse: rows of run %s left unwritten after a failed insert", writer.run_id)
+                writer.close()
                 continue
-            writer.flush()
+            try:
+                writer.flush()
+            finally:
+                writer.close()
     finally:
         for client in clients:
             try:
@@ -197,12 +205,12 @@ def ensure_schema(client, database: str = DATABASE) -> None:
     columns (with their defaults). Its sorting key stays as it was created:
     a warning says so (a fresh database, or `DROP TABLE`, takes the new one)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    _set_aside_request_log(client, database)
+    set_aside_request_log(client, database)
     for table in (*BOOKKEEPING, *TABLES):
         client.command(ddl(table, database))
     for table in SWEEP_TABLES:
         client.command(sweep_ddl(table, database))
-    _migrate_request_log(client, database)
+    migrate_request_log(client, database)
     for view in VIEWS:
         client.command(view_ddl(view, database))
     rows = client.query("SELECT table, name FROM system.columns WHERE database = {d:String}",
@@ -225,49 +233,6 @@ def ensure_schema(client, database: str = DATABASE) -> None:
 
 
 _warned_keys: set = set()
-
-
-REQUEST_LOG_BEFORE_HISTORY = "broker_orders_before_history"
-
-
-def _columns_of(client, database: str, table: str) -> set:
-    return {name for (name,) in client.query(
-        "SELECT name FROM system.columns WHERE database = {d:String} AND table = {t:String}",
-        parameters={"d": database, "t": table}).result_rows}
-
-
-def _set_aside_request_log(client, database: str) -> None:
-    """`broker_orders` from before the order history (one row per request,
-    overwritten by a replay; no `event` column) is renamed out of the way,
-    to be copied into the history once that exists."""
-    columns = _columns_of(client, database, "broker_orders")
-    if not columns or "event" in columns:
-        return
-    aside = REQUEST_LOG_BEFORE_HISTORY
-    client.command(f"RENAME TABLE `{database}`.broker_orders TO `{database}`.`{aside}`")
-    log.warning("ClickHouse: %s.broker_orders was one row per request; renamed to %s and copied into "
-                "the order history (events accepted, adopted, refused, skipped; clock local)", database, aside)
-
-
-def _migrate_request_log(client, database: str) -> None:
-    """The set-aside rows as history rows (once): each request's last
-    outcome, at the time it was acknowledged (this machine's wall clock)."""
-    aside = REQUEST_LOG_BEFORE_HISTORY
-    if not _columns_of(client, database, aside) or client.command(
-            f"SELECT count() FROM `{database}`.broker_orders WHERE source = 'v1'"):
-        return
-    client.command(f"""
-        INSERT INTO `{database}`.broker_orders
-            (run_id, client_order_id, at, event, leg, broker_order_id, filled_qty, intent, decided_ts,
-             order_id, symbol, side, qty, decision_price, clock, source, status, fill_price, detail,
-             decision_lag_ms, submit_ms)
-        SELECT run_id, client_order_id, fromUnixTimestamp64Milli(acked_at_ms, 'UTC'),
-               multiIf(status = 'failed', 'refused', status = 'skipped', 'skipped',
-                       adopted, 'adopted', 'accepted'),
-               '', broker_order_id, 0, intent, decided_ts, order_id, symbol, side, qty, decision_price,
-               'local', 'v1', if(status IN ('failed', 'skipped'), '', status), 0, detail,
-               decision_lag_ms, submit_ms
-        FROM `{database}`.`{aside}` FINAL""")
 
 
 # Inserts skip ReplacingMergeTree's merge of the inserted block with itself:
@@ -299,9 +264,13 @@ def insert_columns(client, table: str, cols: dict, database: str = DATABASE) -> 
 
 class ClickHouseWriter:
     """Buffers columns per table; flushes a table when it holds `batch_rows`
-    rows. Thread-safe: Bytewax worker threads of a process share one."""
+    rows. Thread-safe: Bytewax worker threads of a process share one.
+    `background`: full batches are inserted on the writer's insert thread
+    (`connectors.clickhouse.inserts`) while the caller goes on; `flush`
+    returns once everything handed over is stored."""
 
-    def __init__(self, client, run_id: str, batch_rows: int = 100_000, database: str = DATABASE):
+    def __init__(self, client, run_id: str, batch_rows: int = 100_000, database: str = DATABASE,
+                 background: bool = False):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
         self.shard_bars: dict[int, int] = {}  # a sweep: bars each portfolio shard applied so far
@@ -309,6 +278,8 @@ class ClickHouseWriter:
         self._buffers: dict[str, dict[str, list]] = {}  # table -> column -> its chunks
         self._rows: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._inserts = (InsertThread(self._write, self._keep, f"clickhouse-insert {run_id}")
+                         if background else None)
 
     def add(self, table: str, events: list) -> None:
         if not events:
@@ -328,7 +299,7 @@ class ClickHouseWriter:
             self._rows[table] = self._rows.get(table, 0) + n
             batch = self._take(table) if self._rows[table] >= self.batch_rows else None
         if batch is not None:
-            self._write(table, batch)
+            self._store({table: batch})
 
     def _take(self, table: str) -> dict:
         """The table's buffered rows as one column each (lock held)."""
@@ -338,10 +309,30 @@ class ClickHouseWriter:
         return {name: Parts([parts[i] for i in order] if order else parts) for name, parts in chunks.items()}
 
     def flush(self) -> None:
+        """Store every buffered row (and, in the background, wait for it)."""
         with self._lock:
             batches = {table: self._take(table) for table in list(self._buffers)}
-        for table, batch in batches.items():
-            self._write(table, batch)
+        self._store(batches)
+        if self._inserts is not None:
+            self._inserts.wait()
+
+    def close(self) -> None:
+        """End the insert thread (after `flush`; a later write starts it again)."""
+        if self._inserts is not None:
+            self._inserts.stop()
+
+    def _store(self, batches: dict) -> None:
+        tables = list(batches)
+        for i, table in enumerate(tables):
+            try:
+                if self._inserts is None:
+                    self._write(table, batches[table])
+                else:
+                    self._inserts.submit(table, batches[table])
+            except BaseException:
+                for rest in tables[i + 1:] if self._inserts is None else tables[i:]:
+                    self._keep(rest, batches[rest])  # (_write kept its own batch)
+                raise
 
     def pending(self) -> int:
         with self._lock:
@@ -351,15 +342,20 @@ class ClickHouseWriter:
         try:
             insert_columns(self.client, table, batch, self.database)
         except Exception:
-            with self._lock:  # keep the rows for a retry; order does not matter
-                buf = self._buffers.setdefault(table, {n: [] for n in batch})
-                for name, parts in batch.items():
-                    buf[name].extend(parts)
-                self._rows[table] = self._rows.get(table, 0) + _rows(batch)
-                self.failed = True
+            self._keep(table, batch)
             raise
         with self._lock:
             self.written[table] = self.written.get(table, 0) + _rows(batch)
+
+    def _keep(self, table: str, batch: dict) -> None:
+        """Rows whose insert failed (or was not tried after a failure) back in
+        the buffer for a retry; order does not matter."""
+        with self._lock:
+            buf = self._buffers.setdefault(table, {n: [] for n in batch})
+            for name, parts in batch.items():
+                buf[name].extend(parts)
+            self._rows[table] = self._rows.get(table, 0) + _rows(batch)
+            self.failed = True
 
 
 def _sorted_parts(table: str, chunks: dict) -> list | None:
@@ -398,5 +394,7 @@ def shared_writer(dsn: str, run_id: str, batch_rows: int = 100_000,
             with client_lock(client):
                 ensure_schema(client)
         with _registry_lock:
-            writer = _writers.setdefault(key, ClickHouseWriter(client, run_id, batch_rows))
+            writer = _writers.get(key)
+            if writer is None:  # a flow's writer inserts beside it
+                writer = _writers[key] = ClickHouseWriter(client, run_id, batch_rows, background=True)
     return writer
