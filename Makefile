@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # the project's bytecode, as `pip install .` would leave it (an editable
 # install under PYTHONDONTWRITEBYTECODE=1 compiles every module at each start)
 BYTECODE := $(PY) -m compileall -q dataflows operators connectors >/dev/null
+# the compiled portfolio step built ahead of time (operators/portfolio_step.py);
+# without a C compiler the JIT serves, only slower to start
+STEP := $(PY) tools/build_portfolio_step.py || echo "portfolio step: not built ahead of time; numba's JIT is used"
 
 .PHONY: demo test bench clean
 
@@ -14,16 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@$(BYTECODE)
+	@$(STEP)
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	@$(BYTECODE)
+	@$(STEP)
 	$(VENV)/bin/cuts demo
 
 test: $(STAMP)
+	@$(STEP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
+	@$(BYTECODE)
+	@$(STEP)
 	$(PY) bench/backtest.py
 
 clean:

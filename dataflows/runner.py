@@ -29,6 +29,7 @@ from dataflows import recovery as rec
 from dataflows.flow import FlowSettings, SweepSettings, build_flow
 from dataflows.stop import RunInterrupted, StopRequest, signal_name, stop_on_signals
 from operators.config import TradingConfig
+from operators.portfolio_step import portfolio_step
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _run_each_kernel_entry() -> None:
     book.apply_batch(batch, 0, len(batch), outs)
     book.apply_control(Control(0, 0, "warm", "halt", True, 120, "", ""), outs)
     book.close_minute(outs)
+    book.equity()
     from operators.day_ledger import DayLedgers  # a sweep's daily rows
 
     ledgers = DayLedgers(["warm"], [1.0])
@@ -174,17 +176,18 @@ COMPILE_NOTICE_S = 3.0
 
 
 def _portfolio_step_cached() -> bool:
-    """Whether numba's cache holds every kernel entry for this source (its
-    index is stamped with the source file's time). Loading a cache can take
-    over a second on a busy machine: that must not read as compiling."""
+    """Whether the step is built ahead of time for this source, or numba's
+    cache holds every kernel entry (its index is stamped with the source
+    file's time). Loading a cache can take over a second on a busy machine:
+    that must not read as compiling."""
+    if portfolio_step().ahead_of_time:
+        return True
     try:
         from numba.core.registry import CPUDispatcher
 
-        import operators.day_ledger as ledger
         import operators.portfolio_kernel as kernel
 
-        entries = [f for module in (kernel, ledger) for f in vars(module).values()
-                   if isinstance(f, CPUDispatcher)]
+        entries = [f for f in vars(kernel).values() if isinstance(f, CPUDispatcher)]
         # _load_index is numba's own check (empty when missing or stale); any
         # surprise there counts as "not cached", which only shows the notice.
         return bool(entries) and all(f._cache._cache_file._load_index() for f in entries)

@@ -56,10 +56,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators import portfolio_kernel as K
+from operators import portfolio_layout as K  # the kernel's array layout and event codes
 from operators.calendar import trading_day
 from operators.config import TradingConfig
 from operators.portfolio_events import EventLog, decode, join_logs
+from operators.portfolio_step import portfolio_step
 from operators.types import ControlEvent, PortfolioOutput
 
 _EMPTY_MASK = np.zeros((0, 0), dtype=np.bool_)
@@ -241,7 +242,7 @@ class CompiledPortfolio:
         ev_i, ev_f, ev_n = self._buffers(rows)
         i = start
         while i < stop:
-            i, status = K.apply_bars(
+            i, status = portfolio_step().apply_bars(
                 self.cfg_f, self.cfg_i, self.st_f, self.st_i, self.clock, self.acct_f, self.acct_i,
                 self.last_close, self.pos_f, self.pos_i, self.pend_f, self.pend_i, self.sym_i,
                 batch.sym, batch.ts, batch.day, batch.open, batch.high, batch.low, batch.close,
@@ -262,7 +263,7 @@ class CompiledPortfolio:
         outs = None if raw else self.outputs(out)
         rows = max(1, self.n_configs)
         ev_i, ev_f, ev_n = self._buffers(rows)
-        K.close_minute(self.acct_f, self.acct_i, self.pos_i, self.last_close, self.clock,
+        portfolio_step().close_minute(self.acct_f, self.acct_i, self.pos_i, self.last_close, self.clock,
                        ev_i, ev_f, ev_n, self.record_equity)
         log = self._take(ev_i, ev_f, ev_n, raw, outs)
         return log if raw else None
@@ -276,7 +277,7 @@ class CompiledPortfolio:
                 self._grow_slots()
         ev_i, ev_f, ev_n = self._buffers(max(1, n * self.pos_i.shape[1]))
         counts = np.zeros((n, 2), dtype=np.int64)
-        K.apply_control(control.action != "resume", bool(control.flatten), int(control.ts),
+        portfolio_step().apply_control(control.action != "resume", bool(control.flatten), int(control.ts),
                         self.acct_f, self.acct_i, self.pos_i, self.pend_f, self.pend_i, self.sym_i,
                         self.last_close, counts, ev_i, ev_f, ev_n)
         self._take(ev_i, ev_f, ev_n, False, outs)
@@ -307,7 +308,7 @@ class CompiledPortfolio:
         return float(self.acct_f[c, K.AF_CASH])
 
     def equity(self, c: int = 0) -> float:
-        return float(K._equity(c, self.acct_f, self.acct_i, self.pos_i, self.last_close))
+        return float(portfolio_step().equity(c, self.acct_f, self.acct_i, self.pos_i, self.last_close))
 
     def halted(self, c: int = 0) -> bool:
         return bool(self.acct_i[c, K.AI_HALT])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators import portfolio_kernel as K
+from operators import portfolio_layout as K
 from operators.compiled_portfolio import CompiledPortfolio, EventLog, trading_days
 from operators.day_ledger import DayLedgers
 from operators.ordering import SignalColumns

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators import portfolio_kernel as K
+from operators import portfolio_layout as K
 from operators.types import BUY, SELL, EquityPoint, Fill, Order, Rejection, Trade
 
 LEGS = ("entry", "exit", "flatten", "stop", "target")  # the order id's last part, by K.LEG_*

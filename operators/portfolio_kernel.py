@@ -30,10 +30,18 @@ symbol code, k = slot):
 Events go to `ev_i[n, EI_*]` / `ev_f[n, EF_*]` in each configuration's
 decision order; `ev_n[0]` counts them.
 
+The layout (the `CF_*` ... `NEED_*` and `L_*` names) is
+`operators.portfolio_layout`, numba-free; the Python side reads it from
+there. The callers reach these functions through `operators.portfolio_step`:
+the ahead-of-time build of this file when one is built for this very source
+(`tools/build_portfolio_step.py`), else numba's JIT and its cache.
+
 One file on purpose, longer than the project's modules usually are:
 numba's cache (`cache=True`) checks only the timestamp of the file of the
-function it caches, so a helper or a constant moved to another module could
-change while the cached code that inlined it stays in use.
+function it caches, so a helper moved to another module could change while
+the cached code that inlined it stays in use (the layout is checked by its
+digest, `LAYOUT_DIGEST`). A sweep's day ledgers fold here too
+(`ledger_fold`, `ledger_finish`; `operators.day_ledger` is their Python side).
 """
 from __future__ import annotations
 
@@ -44,62 +52,26 @@ from numba import njit
 # literal and would compile another copy of the helper for each value.
 _i = np.int64
 
-# -- configuration rules: cfg_f[c, .], cfg_i[c, .]
-CF_BUY_SLIP, CF_SELL_SLIP, CF_COMMISSION, CF_RISK_PCT, CF_MAX_POS_PCT, CF_DD_FLOOR, \
-    CF_TRAIL_ACT, CF_TRAIL_PCT = range(8)
-N_CF = 8
-CI_TRAILING, CI_MAX_POSITIONS, CI_MAX_PER_SYMBOL, CI_MAX_LOSSES = range(4)
-N_CI = 4
-# per strategy: st_f[c, g, .], st_i[c, g, .]
-SF_TP, SF_SL, SF_TS_MOVE = range(3)
-N_SF = 3
-SI_RANK, SI_TS_SECONDS = range(2)
-N_SI = 2
-# -- account: acct_f[c, .], acct_i[c, .]
-AF_CASH, AF_PENDING_CASH, AF_SOD_EQUITY = range(3)
-N_AF = 3
-AI_PENDING_ENTRIES, AI_LOSS_STREAK, AI_DAY_HALT, AI_HALT, AI_NPOS, AI_NPEND, AI_GROUP_SEQ = range(7)
-N_AI = 7
-# -- positions: pos_f[c, k, .], pos_i[c, k, .]
-PF_ENTRY_FILL, PF_ENTRY_COMMISSION, PF_STOP, PF_TARGET, PF_HWM = range(5)
-N_PF = 5
-PI_SYM, PI_STRAT, PI_QTY, PI_ENTRY_TIME, PI_TRAILED, PI_EXIT_QUEUED = range(6)
-N_PI = 6
-# -- waiting orders: pend_f[c, k, .], pend_i[c, k, .]
-QF_PRICE = 0
-N_QF = 1
-QI_SYM, QI_STRAT, QI_BUY, QI_QTY, QI_TS, QI_LEG, QI_REASON = range(7)
-N_QI = 7
-# -- per symbol: sym_i[c, s, .]
-SY_NPOS, SY_NPEND, SY_NPEND_BUY, SY_GROUP = range(4)
-N_SY = 4
-# -- clock
-CK_HAS_MINUTE, CK_MINUTE, CK_HAS_DAY, CK_DAY, CK_BARS = range(5)
-N_CK = 5
+# The layout's names are this module's globals (numba compiles them in);
+# a change there must change this file too, or numba's cache would keep the
+# old values: hence the digest.
+from operators.portfolio_layout import *  # noqa: E402,F401,F403
 
-# -- events: ev_i[n, .], ev_f[n, .]
-EI_KIND, EI_CFG, EI_SYM, EI_STRAT, EI_QTY, EI_TS, EI_TS2, EI_LEG, EI_REASON = range(9)
-N_EI = 9
-EF_X, EF_Y, EF_Z, EF_W, EF_V = range(5)
-N_EF = 5
-# kinds. ORDER: ts decided, leg, reason (intent), x decision price. FILL: ts,
-# ts2 the order's decision time, leg, reason, x price, y commission. TRADE:
-# ts exit, ts2 entry, reason, x entry price, y exit price, z pnl, w return,
-# v commission. REJECT: ts, reason, x price. EQUITY: ts, qty open positions,
-# x cash, y equity, z exposure.
-EV_ORDER, EV_FILL, EV_TRADE, EV_REJECT, EV_EQUITY = 1, 2, 3, 4, 5
-# legs (the order id's last part)
-LEG_ENTRY, LEG_EXIT, LEG_FLATTEN, LEG_STOP, LEG_TARGET = range(5)
-# reasons: order intents and exit reasons
-R_ENTRY, R_STOP_LOSS, R_TRAILING_STOP, R_TAKE_PROFIT, R_TIME_STOP, R_SIGNAL, R_KILL_SWITCH = range(7)
-# rejection reasons (and halts: AI_DAY_HALT holds DAY_*, AI_HALT HALT_*)
-J_HALTED, J_LOSS_STREAK, J_DRAWDOWN, J_MAX_POSITIONS, J_MAX_PER_SYMBOL, J_SIZE_ZERO = range(6)
-DAY_NONE, DAY_LOSS_STREAK, DAY_DRAWDOWN = 0, 1, 2
-HALT_NONE, HALT_KILL_SWITCH = 0, 1
-SIDE_BUY, SIDE_SELL = 0, 1
+LAYOUT_DIGEST = "6f55629fc89069a4f2ff5e657a7c4f87fa9d2ad66c882ab697dfb548b9d9ab9e"
 
-# apply_bars stops early and says why
-DONE, NEED_EVENTS, NEED_SLOTS = 0, 1, 2
+
+def _check_layout() -> None:
+    import hashlib
+    import operators.portfolio_layout as layout
+
+    with open(layout.__file__, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    if digest != LAYOUT_DIGEST:
+        raise ImportError(f"operators/portfolio_layout.py changed: set LAYOUT_DIGEST in "
+                          f"operators/portfolio_kernel.py to {digest!r} (it keeps numba's cache honest)")
+
+
+_check_layout()
 
 
 @njit(cache=True)
@@ -555,3 +527,64 @@ def apply_control(halt, flatten, ts, acct_f, acct_i, pos_i, pend_f, pend_i, sym_
                 exits += 1
         counts[c, 0] = exits
         counts[c, 1] = canceled
+
+
+# -- a sweep's day ledgers (operators.day_ledger): the fold of equity points into days
+@njit(cache=True)
+def _ledger_close(c, st_i, st_f, out_i, out_f, n_out):
+    k = n_out[0]
+    out_i[k, 0] = c
+    out_i[k, 1] = st_i[c, L_DAY]
+    out_i[k, 2] = st_i[c, L_MINUTES]
+    out_i[k, 3] = st_i[c, L_IN_MARKET]
+    out_i[k, 4] = st_i[c, L_EXP_N]
+    equity = st_f[c, L_EQUITY]
+    prev = st_f[c, L_PREV]
+    out_f[k, 0] = equity
+    out_f[k, 1] = equity / prev - 1 if prev != 0 else np.nan
+    out_f[k, 2] = st_f[c, L_WORST]
+    out_f[k, 3] = st_f[c, L_EXP_SUM]
+    n_out[0] = k + 1
+    st_f[c, L_PREV] = equity
+    st_i[c, L_MINUTES] = 0
+    st_i[c, L_IN_MARKET] = 0
+    st_i[c, L_EXP_N] = 0
+    st_f[c, L_WORST] = 0.0
+    st_f[c, L_EXP_SUM] = 0.0
+
+
+@njit(cache=True)
+def ledger_fold(st_i, st_f, cfg, day, equity, open_positions, exposure, out_i, out_f, n_out):
+    """Fold equity points (row r: configuration cfg[r], trading day day[r], ...;
+    each configuration's rows in time order) into the state; completed days
+    go to out_* rows (out_i: config, day, minutes, in market, exposure
+    minutes; out_f: equity, return, worst drawdown, exposure sum)."""
+    for r in range(len(cfg)):
+        c = cfg[r]
+        if day[r] != st_i[c, L_DAY]:
+            if st_i[c, L_DAY] != NO_DAY:
+                _ledger_close(c, st_i, st_f, out_i, out_f, n_out)
+            st_i[c, L_DAY] = day[r]
+        e = equity[r]
+        st_f[c, L_EQUITY] = e
+        st_i[c, L_MINUTES] += 1
+        if open_positions[r] > 0:
+            st_i[c, L_IN_MARKET] += 1
+        if e > st_f[c, L_PEAK]:
+            st_f[c, L_PEAK] = e
+        cash = st_f[c, L_CASH]
+        peak = st_f[c, L_PEAK]
+        dd = 1 - e / (peak if peak > cash else cash)
+        if dd > st_f[c, L_WORST]:
+            st_f[c, L_WORST] = dd
+        if e != 0:
+            st_f[c, L_EXP_SUM] += exposure[r] / e
+            st_i[c, L_EXP_N] += 1
+
+
+@njit(cache=True)
+def ledger_finish(st_i, st_f, out_i, out_f, n_out):
+    for c in range(st_i.shape[0]):
+        if st_i[c, L_DAY] != NO_DAY:
+            _ledger_close(c, st_i, st_f, out_i, out_f, n_out)
+            st_i[c, L_DAY] = NO_DAY

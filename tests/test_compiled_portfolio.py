@@ -256,6 +256,7 @@ def test_trading_days_are_the_new_york_dates_of_the_bars():
 
 
 CHILD = """
+import operators.portfolio_step as s; s.use(s.jit_step())  # numba's JIT and its cache
 import random, sys
 sys.path.insert(0, "tests")
 from test_compiled_portfolio import POOL, canonical, make_script, run_compiled
@@ -348,7 +349,9 @@ def test_a_stage_with_several_configurations_gives_each_its_own_outputs(cfgs, se
         assert all(x.strategy_id in own for x in got.orders)
 
 
+JIT_ONLY = "import operators.portfolio_step as s; s.use(s.jit_step())\n"
 WARM = """
+import operators.portfolio_step as s; s.use(s.jit_step())  # numba's JIT and its cache
 import sys, time
 import dataflows.runner as r
 said = []
@@ -361,6 +364,7 @@ print(r._portfolio_step_cached(), said)
 
 
 NOTICE_CHILD = """
+import operators.portfolio_step as s; s.use(s.jit_step())  # numba's JIT and its cache
 from dataflows.runner import warm_portfolio_step
 warm_portfolio_step(lambda line: print(line))
 """
@@ -376,7 +380,7 @@ def test_a_portfolio_step_loaded_from_the_cache_says_nothing_however_long_it_tak
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True []"
     empty = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "none"))  # a fresh checkout's cache
-    check = "import dataflows.runner as r; print(r._portfolio_step_cached())"
+    check = JIT_ONLY + "import dataflows.runner as r; print(r._portfolio_step_cached())"
     fresh = subprocess.run([sys.executable, "-c", check], cwd=root, env=empty, capture_output=True, text=True,
                            timeout=600)
     assert fresh.stdout.strip() == "False", fresh.stderr[-2000:]

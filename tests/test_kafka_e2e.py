@@ -85,8 +85,9 @@ def test_replay_of_a_missing_topic_exits_2_with_one_line(broker, tmp_path):
 @pytest.fixture(scope="module")
 def recovery_topic(broker, tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "bars.parquet"
-    cuts("generate", "--symbols", "31", "--days", "15", "--seed", "8", "--out", str(path))
     # one bar per record, as a live topic: the slower replay leaves time for two kill points
+    # (progress shows once a second; 45 days replay in ~3.5 s here, publishing them takes ~20 s)
+    cuts("generate", "--symbols", "31", "--days", "45", "--seed", "8", "--out", str(path))
     cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover", "--partitions", "3",
          "--records", "bar")
     return "recover"
@@ -153,7 +154,8 @@ def test_sigkill_mid_replay_of_bars_records_then_resume_gives_every_table_of_an_
     """A snapshot lands between two records, never inside one: a bars record
     (many bars at one offset) is taken whole into one batch."""
     path = tmp_path / "bars.parquet"
-    cuts("generate", "--symbols", "31", "--days", "30", "--seed", "9", "--out", str(path))
+    # bars records replay fast: 90 days (1.1 M bars) last past the first progress line (one a second)
+    cuts("generate", "--symbols", "31", "--days", "90", "--seed", "9", "--out", str(path))
     cuts("publish", "--bars", str(path), "--kafka", broker, "--topic", "recover-bars", "--partitions", "3")
     clean = tmp_path / "clean"
     cuts(*replay_args(broker, "recover-bars", clean / "ch", "--out", str(clean / "out"), "--quiet"))

@@ -87,7 +87,7 @@ def unresolved_imports(root: str = ROOT) -> list[str]:
                     continue
                 if target not in modules:
                     bad.append(f"{module}: {target}")
-                elif name is not None and f"{target}.{name}" not in modules and name not in defined[target]:
+                elif name not in (None, "*") and f"{target}.{name}" not in modules and name not in defined[target]:
                     bad.append(f"{module}: {target}.{name}")
     return sorted(bad)
 
