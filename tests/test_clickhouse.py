@@ -272,6 +272,15 @@ def test_sink_writes_symbol_and_portfolio_outputs(client):
             assert final_count(client, table, "sink") == len(events), table
 
 
+def test_every_table_caps_the_size_of_its_merged_parts(client):
+    """Merging parts past the cap cost the process ~150 MB over 30 M bars
+    (bench/README.md): every table, the sweep's too, is created with it."""
+    engines = client.query("SELECT name, engine_full FROM system.tables WHERE database = 'thousandcuts' "
+                           "AND engine LIKE '%MergeTree'").result_rows
+    assert len(engines) > 20
+    assert all(f"{ch_schema.MERGE_SETTING} = {ch_schema.MERGE_MAX_BYTES}" in e for _, e in engines), engines
+
+
 def test_a_table_from_an_older_version_gets_its_new_columns(client):
     client.command("CREATE DATABASE IF NOT EXISTS olddb")
     client.command("CREATE TABLE olddb.orders (run_id String, order_id String, strategy_id String, symbol String, "
@@ -281,6 +290,8 @@ def test_a_table_from_an_older_version_gets_its_new_columns(client):
     names = {r[0] for r in client.query("SELECT name FROM system.columns WHERE database = 'olddb' "
                                         "AND table = 'orders'").result_rows}
     assert {"stop_price", "target_price", "parent_id", "oco_id"} <= names
+    engines = dict(client.query("SELECT name, engine_full FROM system.tables WHERE database = 'olddb'").result_rows)
+    assert f"{ch_schema.MERGE_SETTING} = {ch_schema.MERGE_MAX_BYTES}" in engines["orders"]  # the cap, added
     w = ch.ClickHouseWriter(client, "old", database="olddb")
     w.add("orders", EVENTS["orders"])
     w.flush()

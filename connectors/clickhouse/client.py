@@ -50,6 +50,8 @@ from connectors.clickhouse.native import Parts, encode_block
 from connectors.clickhouse.schema import (
     DATABASE,
     BOOKKEEPING,
+    MERGE_SETTING,
+    MERGE_SETTINGS,
     TABLES,
     VIEWS,
     column_names,
@@ -218,8 +220,12 @@ def ensure_schema(client, database: str = DATABASE) -> None:
     have: dict[str, set] = {}
     for table, name in rows:
         have.setdefault(table, set()).add(name)
-    keys = dict(client.query("SELECT name, sorting_key FROM system.tables WHERE database = {d:String}",
-                             parameters={"d": database}).result_rows)
+    tables = client.query("SELECT name, sorting_key, engine_full FROM system.tables WHERE database = {d:String}",
+                          parameters={"d": database}).result_rows
+    keys = {name: key for name, key, _ in tables}
+    for name, _, engine in tables:  # a table from before the merge cap gets it (schema.MERGE_SETTINGS)
+        if "MergeTree" in engine and MERGE_SETTING not in engine:
+            client.command(f"ALTER TABLE `{database}`.`{name}` MODIFY SETTING {MERGE_SETTINGS}")
     for table, (cols, order) in TABLES.items():
         for name, ctype, _kind in cols:
             if name not in have.get(table, {name}):

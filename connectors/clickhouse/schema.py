@@ -168,6 +168,15 @@ def view_ddl(view: str, database: str = DATABASE) -> str:
     return f"CREATE OR REPLACE VIEW `{database}`.`{view}` AS {VIEWS[view](database)}"
 
 
+# Parts stop growing at 256 MiB: merging larger ones cost the process
+# (chDB runs inside it) ~150 MB more at its peak over 30 M bars, so memory
+# grew with the bars (bench/README.md, "Memory"). Unmerged duplicates never
+# show: every read uses FINAL. A server with years of rows keeps more parts;
+# raise it there with ALTER TABLE ... MODIFY SETTING (docs/scaling.md).
+MERGE_SETTING, MERGE_MAX_BYTES = "max_bytes_to_merge_at_max_space_in_pool", 256 * 1024 * 1024
+MERGE_SETTINGS = f"{MERGE_SETTING} = {MERGE_MAX_BYTES}"
+
+
 def ddl(table: str, database: str = DATABASE) -> str:
     """CREATE TABLE IF NOT EXISTS statement of one table."""
     if table in BOOKKEEPING:
@@ -177,4 +186,4 @@ def ddl(table: str, database: str = DATABASE) -> str:
         order, engine = ("run_id",) + TABLES[table][1], "ReplacingMergeTree"
     body = ",\n  ".join(f"`{n}` {t}" for n, t in cols)
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n  {body}\n) "
-            f"ENGINE = {engine} ORDER BY ({', '.join(order)})")
+            f"ENGINE = {engine} ORDER BY ({', '.join(order)}) SETTINGS {MERGE_SETTINGS}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from connectors.clickhouse.schema import DATABASE, TABLES, TS, to_columns
+from connectors.clickhouse.schema import DATABASE, MERGE_SETTINGS, TABLES, TS, to_columns
 
 _F, _S, _I, _U = "Float64", "String", "Int64", "UInt64"
 _NF = "Nullable(Float64)"
@@ -76,7 +76,7 @@ def sweep_ddl(table: str, database: str = DATABASE) -> str:
     cols, order, engine = SWEEP_TABLES[table]
     body = ",\n  ".join(f"`{n}` {t}" for n, t in cols)
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{table}` (\n  {body}\n) "
-            f"ENGINE = {engine} ORDER BY ({', '.join(order)})")
+            f"ENGINE = {engine} ORDER BY ({', '.join(order)}) SETTINGS {MERGE_SETTINGS}")
 
 
 def config_event_columns(table: str, sweep_id: str, config_id: str, events: list) -> dict[str, list]:
