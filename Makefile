@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(PY) bench/backtest.py
 
 clean:
-	rm -rf $(VENV) data/demo
+	rm -rf $(VENV) data/demo operators/_portfolio_step_*

@@ -7,9 +7,11 @@
 - its ahead-of-time build, when one was built from this very source: a C
   extension `operators/_portfolio_step_<digest>.*.so` that numba's `pycc`
   compiled from the kernel's functions with the signatures the JIT gives
-  them, and beside it `<name>.json`, each entry's array arguments (dtype,
-  dimensions), which every call is checked against (`_checked`)
-  (`tools/build_portfolio_step.py`; `make` runs it). Loading it takes
+  them, and beside it `<name>.json`: each entry's arguments, which every
+  call is checked against (`_checked`), and the numpy and Python it was
+  built for (`tools/build_portfolio_step.py`; `make` runs it). A build that
+  cannot serve (built for another numpy or Python, or not loading) is
+  logged and the JIT serves. Loading it takes
   milliseconds and never imports numba (~0.45 s of a backtest's start);
 - else numba's JIT of the same functions, from its cache in
   `operators/__pycache__` (compiled there on first use: seconds).
@@ -26,12 +28,16 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import json
+import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("portfolio_kernel.py", "portfolio_layout.py")
 # entry point -> the kernel's function
@@ -75,31 +81,50 @@ def built(directory: str, name: str) -> str | None:
 
 
 def ahead_of_time_step(directory: str = HERE) -> PortfolioStep | None:
-    """The build for this source in `directory`, or None when there is none."""
+    """The build for this source in `directory`, or None when there is none
+    or it cannot serve here (another numpy or Python than it was built
+    with, a file that does not load: logged, and the JIT serves)."""
     name = module_name()
     path = built(directory, name)
     if path is None or not os.path.exists(os.path.join(directory, name + ".json")):
         return None
-    with open(os.path.join(directory, name + ".json")) as fh:
-        arguments = json.load(fh)
-    spec = importlib.util.spec_from_file_location(f"operators.{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return PortfolioStep(**{entry: _checked(entry, getattr(module, entry), arguments[entry]) for entry in ENTRIES},
-                         ahead_of_time=True)
+    try:
+        with open(os.path.join(directory, name + ".json")) as fh:
+            built_for = json.load(fh)
+        here = {"numpy": np.__version__, "python": list(sys.version_info[:2])}
+        if {k: built_for.get(k) for k in here} != here:
+            log.warning("portfolio step %s was built for %s, this is %s: numba's JIT serves (make builds "
+                        "it again)", os.path.basename(path), {k: built_for.get(k) for k in here}, here)
+            return None
+        spec = importlib.util.spec_from_file_location(f"operators.{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        entries = {entry: _checked(entry, getattr(module, entry), built_for["arguments"][entry])
+                   for entry in ENTRIES}
+    except Exception as exc:  # a damaged build must not stop a run: the JIT is the same source
+        log.warning("portfolio step %s does not load (%s: %s): numba's JIT serves", os.path.basename(path),
+                    type(exc).__name__, exc)
+        return None
+    return PortfolioStep(**entries, ahead_of_time=True)
 
 
 class StepArgumentError(TypeError):
     """An argument of the wrong kind for the ahead-of-time step: a bug in its caller."""
 
 
+_SCALARS = {"int64": lambda a: isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)),
+            "bool": lambda a: isinstance(a, (bool, np.bool_)),
+            "float64": lambda a: isinstance(a, (float, np.floating))}
+
+
 def _checked(entry: str, fn: Callable, arguments: list) -> Callable:
-    """`fn` behind a check of its array arguments. Unlike the JIT, which
-    compiles another version for an unexpected array, compiled code reads
-    any array as the one it was built for: a strided view or another dtype
-    would be read (and written) wrongly, so it is refused instead."""
-    arrays = [(i, np.dtype(dtype), ndim) for i, a in enumerate(arguments) if a is not None
-              for dtype, ndim in [a]]
+    """`fn` behind a check of its arguments. Unlike the JIT, which compiles
+    another version for an unexpected argument, compiled code reads any array
+    as the one it was built for (a strided view or another dtype would be
+    read, and written, wrongly) and converts a scalar silently (a float
+    truncated to an integer): refused instead."""
+    arrays = [(i, np.dtype(a[1]), a[2]) for i, a in enumerate(arguments) if a[0] == "array"]
+    scalars = [(i, a[0], _SCALARS[a[0]]) for i, a in enumerate(arguments) if a[0] != "array"]
 
     def call(*args):
         for i, dtype, ndim in arrays:
@@ -110,6 +135,10 @@ def _checked(entry: str, fn: Callable, arguments: list) -> Callable:
                        if isinstance(a, np.ndarray) else type(a).__name__)
                 raise StepArgumentError(f"portfolio step {entry}: argument {i} must be a C-contiguous "
                                         f"{ndim}-d {dtype} array, got a {got}")
+        for i, kind, fits in scalars:
+            if not fits(args[i]):
+                raise StepArgumentError(f"portfolio step {entry}: argument {i} must be {kind}, "
+                                        f"got {type(args[i]).__name__}")
         return fn(*args)
 
     return call

@@ -363,11 +363,50 @@ def test_a_failed_background_insert_keeps_its_rows_and_the_next_write_raises_its
         assert "later" in str(raised.value)
         w.close()  # the inserts still queued are done (put back) when the thread ends
         assert w.failed and w.written["equity"] == 0 and w.pending() == handed
-        w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0) for i in range(handed, 9)])
+        for i in range(handed, 9):  # still failing: each add says so, its row waits in the buffer
+            with pytest.raises(type(raised.value)):
+                w.add("equity", [EquityPoint(T0 + 60 * i, 1.0, 1.0, 0, 0.0)])
+        assert w.pending() == 9
         ch.ensure_schema(client, database="later")
-        w.flush()
-        assert w.pending() == 0 and w.written["equity"] == 9
+        w.flush()  # tries every row again
+        assert w.pending() == 0 and w.written["equity"] == 9 and not w.failed
         assert client.command("SELECT count() FROM later.equity FINAL") == 9
+        w.add("equity", [EquityPoint(T0 + 6000, 1.0, 1.0, 0, 0.0)])
+        w.flush()  # the failure is over
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_every_flush_raises_while_any_row_is_unstored_not_only_the_first(client, background):
+    """Threads sharing a writer (live: the sink and the order history) each
+    flush: none may return as if its rows were stored while an insert's rows
+    wait for a retry, whichever thread saw the failure first."""
+    import threading
+
+    database = f"notyet_{'background' if background else 'inline'}"
+    w = ch.ClickHouseWriter(client, "shared", database=database, background=background)
+    try:
+        w.add("equity", [EquityPoint(T0, 1.0, 1.0, 0, 0.0)])
+        errors = []
+
+        def flush():
+            try:
+                w.flush()
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=flush) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(errors) == 3 and all(database in str(e) for e in errors)
+        with pytest.raises(type(errors[0])):
+            w.flush()  # and again, until they are stored
+        ch.ensure_schema(client, database=database)
+        w.flush()
+        assert client.command(f"SELECT count() FROM {database}.equity FINAL") == 1 and not w.failed
     finally:
         w.close()
 

@@ -8,6 +8,7 @@ them), and the kernel refuses a layout it was not written for.
 The build is made here, in a temporary directory, whatever `make` built."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -95,6 +96,28 @@ def test_the_ahead_of_time_build_folds_days_exactly_as_the_jit(both):
     assert [repr(r) for r in rows(aot)] == [repr(r) for r in want]
 
 
+def test_a_build_that_cannot_serve_here_leaves_the_run_to_the_jit(build_dir, tmp_path, caplog):
+    name = step.module_name()
+    build = step.built(build_dir, name)
+    for what in ("another numpy", "not a library"):
+        here = tmp_path / what.replace(" ", "-")
+        here.mkdir()
+        shutil.copy(os.path.join(build_dir, name + ".json"), here)
+        shutil.copy(build, here)
+        if what == "another numpy":
+            with open(here / (name + ".json")) as fh:
+                built_for = json.load(fh)
+            built_for["numpy"] = "1.0.0"
+            with open(here / (name + ".json"), "w") as fh:
+                json.dump(built_for, fh)
+        else:
+            with open(here / os.path.basename(build), "wb") as fh:
+                fh.write(b"not a shared object")
+        with caplog.at_level("WARNING", logger="operators.portfolio_step"):
+            assert step.ahead_of_time_step(str(here)) is None, what
+        assert "numba's JIT serves" in caplog.text
+
+
 def test_the_build_refuses_an_array_it_was_not_built_for(both):
     aot, _ = both
     st_i, st_f = np.zeros((1, 4), dtype=np.int64), np.zeros((1, 6))
@@ -106,6 +129,11 @@ def test_the_build_refuses_an_array_it_was_not_built_for(both):
         with pytest.raises(step.StepArgumentError, match="ledger_fold: argument 2 must be a C-contiguous 1-d int64"):
             aot.ledger_fold(st_i, st_f, cfg, good, np.zeros(2), good, np.zeros(2), out_i, out_f, n_out)
     assert n_out[0] == 0  # refused before any work
+    acct_f, acct_i = np.zeros((1, 3)), np.zeros((1, 7), dtype=np.int64)
+    pos_i, last_close = np.zeros((1, 1, 6), dtype=np.int64), np.zeros(1)
+    with pytest.raises(step.StepArgumentError, match="equity: argument 0 must be int64, got float"):
+        aot.equity(0.0, acct_f, acct_i, pos_i, last_close)  # compiled code would truncate it silently
+    assert aot.equity(0, acct_f, acct_i, pos_i, last_close) == 0.0
 
 
 def test_an_edited_kernel_never_runs_an_old_build(build_dir, tmp_path, monkeypatch):

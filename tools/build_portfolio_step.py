@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -61,14 +63,20 @@ def build(out_dir: str) -> str:
         arguments = {}
         for entry, (dispatcher, signature) in exported.items():
             cc.export(entry, signature)(dispatcher.py_func)
-            arguments[entry] = [[str(t.dtype), t.ndim] if isinstance(t, types.Array) else None
+            arguments[entry] = [["array", str(t.dtype), t.ndim] if isinstance(t, types.Array) else [str(t)]
                                 for t in signature.args]
+            unknown = [str(t) for t in signature.args
+                       if not isinstance(t, types.Array) and str(t) not in ("int64", "bool", "float64")]
+            if unknown:
+                raise SystemExit(f"portfolio_kernel entry {entry}: argument types {unknown} have no check "
+                                 f"in operators/portfolio_step._SCALARS")
         cc.compile()
         (made,) = glob.glob(os.path.join(tmp, name + "*"))
         target = os.path.join(out_dir, os.path.basename(made))
         # the arguments first: the loader takes a build only with them (a reader never sees half a file)
+        built_for = {"numpy": np.__version__, "python": list(sys.version_info[:2]), "arguments": arguments}
         with open(os.path.join(out_dir, name + ".json.part"), "w") as fh:
-            json.dump(arguments, fh)
+            json.dump(built_for, fh)
         os.replace(os.path.join(out_dir, name + ".json.part"), os.path.join(out_dir, name + ".json"))
         shutil.copyfile(made, target + ".part")
         os.replace(target + ".part", target)
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     name = step.module_name()
     have = step.built(args.out_dir, name)
-    if have and not args.force:
+    if have and os.path.exists(os.path.join(args.out_dir, name + ".json")) and not args.force:
         print(f"portfolio step: up to date ({os.path.relpath(have, ROOT)})")
         return 0
     print("portfolio step: compiling ahead of time (seconds) ...", flush=True)

@@ -182,17 +182,21 @@ def close_clients() -> None:
         clients, writers = list(_clients.values()), list(_writers.values())
         _clients.clear()
         _writers.clear()
+    first_error = None
     try:
         for writer in writers:  # rows a sink left behind (close() not called)
-            if getattr(writer, "failed", False):
-                # that error already ended the run: raising it again here would hide it
-                log.error("ClickHouse: rows of run %s left unwritten after a failed insert", writer.run_id)
-                writer.close()
-                continue
             try:
-                writer.flush()
+                if writer.failed:
+                    # that error already ended the run: raising it again here would hide it
+                    log.error("ClickHouse: rows of run %s left unwritten after a failed insert", writer.run_id)
+                else:
+                    writer.flush()
+            except Exception as exc:  # the other writers are still flushed and stopped
+                first_error = first_error or exc
             finally:
                 writer.close()
+        if first_error is not None:
+            raise first_error
     finally:
         for client in clients:
             try:
@@ -272,20 +276,36 @@ class ClickHouseWriter:
     """Buffers columns per table; flushes a table when it holds `batch_rows`
     rows. Thread-safe: Bytewax worker threads of a process share one.
     `background`: full batches are inserted on the writer's insert thread
-    (`connectors.clickhouse.inserts`) while the caller goes on; `flush`
-    returns once everything handed over is stored."""
+    (`connectors.clickhouse.inserts`) while the caller goes on.
+
+    Nothing is lost and no failure is hidden: a failed insert puts its rows
+    back (so do the batches queued behind it) and they stay counted as
+    unstored until an insert stores them. Until then the next write raises
+    the failure (the rows wait in the buffer), and `flush`, which always
+    tries them again, raises it whenever any row is left unstored, in every
+    thread that flushes: a flush that returns stored everything before it."""
 
     def __init__(self, client, run_id: str, batch_rows: int = 100_000, database: str = DATABASE,
                  background: bool = False):
         self.client, self.run_id, self.batch_rows, self.database = client, run_id, batch_rows, database
         self.written: dict[str, int] = {t: 0 for t in TABLES}
         self.shard_bars: dict[int, int] = {}  # a sweep: bars each portfolio shard applied so far
-        self.failed = False  # an insert failed: close_clients() leaves the rest alone
         self._buffers: dict[str, dict[str, list]] = {}  # table -> column -> its chunks
         self._rows: dict[str, int] = {}
+        self._kept: dict[str, int] = {}  # table -> rows in its buffer that an insert put back
+        self._unstored = 0  # rows put back, not stored since
+        self._failure: BaseException | None = None  # the last failure while rows are unstored
         self._lock = threading.Lock()
+        # inline inserts one at a time: a flush sees the outcome of one running in another thread
+        self._storing = threading.RLock()
         self._inserts = (InsertThread(self._write, self._keep, f"clickhouse-insert {run_id}")
                          if background else None)
+
+    @property
+    def failed(self) -> bool:
+        """Rows an insert put back are not stored yet (close_clients() leaves them)."""
+        with self._lock:
+            return self._unstored > 0
 
     def add(self, table: str, events: list) -> None:
         if not events:
@@ -303,24 +323,36 @@ class ClickHouseWriter:
             for name, values in cols.items():
                 buf[name].append(values)
             self._rows[table] = self._rows.get(table, 0) + n
-            batch = self._take(table) if self._rows[table] >= self.batch_rows else None
+            failure = self._failure
+            batch = self._take(table) if self._rows[table] >= self.batch_rows and failure is None else None
+        if failure is not None:
+            raise failure  # these rows wait in the buffer for a flush
         if batch is not None:
             self._store({table: batch})
 
-    def _take(self, table: str) -> dict:
-        """The table's buffered rows as one column each (lock held)."""
+    def _take(self, table: str) -> tuple:
+        """The table's buffered rows as one column each, and how many of them
+        an insert put back (lock held)."""
         chunks = self._buffers.pop(table)
         self._rows.pop(table, None)
         order = _sorted_parts(table, chunks)
-        return {name: Parts([parts[i] for i in order] if order else parts) for name, parts in chunks.items()}
+        batch = {name: Parts([parts[i] for i in order] if order else parts) for name, parts in chunks.items()}
+        return batch, self._kept.pop(table, 0)
 
     def flush(self) -> None:
-        """Store every buffered row (and, in the background, wait for it)."""
-        with self._lock:
-            batches = {table: self._take(table) for table in list(self._buffers)}
-        self._store(batches)
-        if self._inserts is not None:
-            self._inserts.wait()
+        """Store every buffered row, those put back by a failure too (in the
+        background: and wait for it); raises the failure if any row is left
+        unstored."""
+        with contextlib.nullcontext() if self._inserts is not None else self._storing:
+            with self._lock:
+                batches = {table: self._take(table) for table in list(self._buffers)}
+            self._store(batches)
+            if self._inserts is not None:
+                self._inserts.wait()
+            with self._lock:
+                failure = self._failure if self._unstored else None
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
         """End the insert thread (after `flush`; a later write starts it again)."""
@@ -330,38 +362,48 @@ class ClickHouseWriter:
     def _store(self, batches: dict) -> None:
         tables = list(batches)
         for i, table in enumerate(tables):
+            batch, kept = batches[table]
             try:
                 if self._inserts is None:
-                    self._write(table, batches[table])
+                    with self._storing:
+                        self._write(table, batch, kept)
                 else:
-                    self._inserts.submit(table, batches[table])
+                    self._inserts.submit(table, batch, kept)
             except BaseException:
                 for rest in tables[i + 1:] if self._inserts is None else tables[i:]:
-                    self._keep(rest, batches[rest])  # (_write kept its own batch)
+                    self._keep(rest, *batches[rest])  # (_write kept its own batch)
                 raise
 
     def pending(self) -> int:
         with self._lock:
             return sum(self._rows.values())
 
-    def _write(self, table: str, batch: dict) -> None:
+    def _write(self, table: str, batch: dict, kept: int = 0) -> None:
         try:
             insert_columns(self.client, table, batch, self.database)
-        except Exception:
-            self._keep(table, batch)
+        except BaseException as exc:
+            self._keep(table, batch, kept, exc)
             raise
         with self._lock:
             self.written[table] = self.written.get(table, 0) + _rows(batch)
+            self._unstored -= kept
+            if not self._unstored:
+                self._failure = None
 
-    def _keep(self, table: str, batch: dict) -> None:
-        """Rows whose insert failed (or was not tried after a failure) back in
-        the buffer for a retry; order does not matter."""
+    def _keep(self, table: str, batch: dict, kept: int = 0, failure: BaseException | None = None) -> None:
+        """Rows whose insert failed (`failure`), or was not tried after a
+        failure, back in the buffer for a retry (order does not matter);
+        `kept` of them were put back before and are counted already."""
+        n = _rows(batch)
         with self._lock:
-            buf = self._buffers.setdefault(table, {n: [] for n in batch})
+            buf = self._buffers.setdefault(table, {name: [] for name in batch})
             for name, parts in batch.items():
                 buf[name].extend(parts)
-            self._rows[table] = self._rows.get(table, 0) + _rows(batch)
-            self.failed = True
+            self._rows[table] = self._rows.get(table, 0) + n
+            self._kept[table] = self._kept.get(table, 0) + n
+            self._unstored += n - kept
+            if failure is not None:
+                self._failure = failure
 
 
 def _sorted_parts(table: str, chunks: dict) -> list | None:

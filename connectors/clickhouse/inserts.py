@@ -6,11 +6,11 @@ full batch is stored (bench/README.md). One thread per writer keeps the
 inserts in the order they were handed over; at most `max_pending` batches
 wait, so memory stays bounded however fast the flow is.
 
-Nothing is lost when an insert fails: the writer puts the rows back
-(`keep`), the batches queued behind it are put back unattempted, and the
-error is raised once, by the writer's next `submit` or `wait` (on the
-worker's thread, where the sink reports it as it would a synchronous
-insert's)."""
+A failed insert is the writer's business (`ClickHouseWriter._write` puts its
+rows back and remembers the error, which its next write or flush raises);
+the batches queued behind a failure are handed back to the writer
+unattempted (`keep`), to be retried with the rest by its next flush.
+"""
 from __future__ import annotations
 
 import queue
@@ -22,63 +22,57 @@ _STOP = object()
 
 class InsertThread:
     def __init__(self, insert: Callable, keep: Callable, name: str, max_pending: int = 2):
-        self._insert, self._keep, self._name = insert, keep, name
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
+        self._insert, self._keep, self._name, self._max_pending = insert, keep, name, max_pending
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None  # the running thread's own queue
         self._handed = 0  # inserts handed over so far
         self._put_back_through = 0  # those handed over before a failure are put back unattempted
 
     def submit(self, *args) -> None:
-        """Hand over one insert (`insert(*args)` on the thread); raises the
-        error of an earlier one that failed, instead of queueing behind it."""
-        self.raise_error()
+        """Hand over one insert: `insert(*args)` on the thread."""
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._queue = queue.Queue(maxsize=self._max_pending)
+                self._thread = threading.Thread(target=self._run, args=(self._queue,), name=self._name,
+                                                daemon=True)
                 self._thread.start()
             self._handed += 1
-            number = self._handed
-        self._queue.put((number, args))  # blocks while max_pending batches wait
+            number, inbox = self._handed, self._queue
+        inbox.put((number, args))  # blocks while max_pending batches wait
 
     def wait(self) -> None:
-        """Return once every insert handed over is done; raises a failure's error."""
-        if self._thread is not None:
-            self._queue.join()
-        self.raise_error()
-
-    def raise_error(self) -> None:
+        """Return once every insert handed over so far is done (stored, or put back)."""
         with self._lock:
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
+            inbox = self._queue
+        if inbox is not None:
+            inbox.join()
 
     def stop(self) -> None:
-        """Finish what was handed over and end the thread (it can start again)."""
+        """Finish what was handed over and end the thread (a later submit starts another)."""
         with self._lock:
-            thread, self._thread = self._thread, None
+            thread, inbox = self._thread, self._queue
+            self._thread = self._queue = None
         if thread is not None:
-            self._queue.put(_STOP)
+            inbox.put(_STOP)
             thread.join()
 
-    def _run(self) -> None:
+    def _run(self, inbox: queue.Queue) -> None:
         while True:
-            item = self._queue.get()
+            item = inbox.get()
             try:
                 if item is _STOP:
                     return
                 number, args = item
                 with self._lock:
                     put_back = number <= self._put_back_through
-                if put_back:  # queued behind a failed insert: the writer keeps it for a retry
+                if put_back:  # queued behind a failed insert: back to the writer for a retry
                     self._keep(*args)
                     continue
                 try:
                     self._insert(*args)
-                except BaseException as exc:  # the writer kept the rows; the worker raises it
+                except BaseException:  # the writer kept the rows and the error
                     with self._lock:
-                        self._error = self._error or exc
                         self._put_back_through = self._handed
             finally:
-                self._queue.task_done()
+                inbox.task_done()

@@ -28,7 +28,7 @@ from connectors.clickhouse.client import (
     client_lock,
     ensure_schema,
 )
-from connectors.clickhouse.schema import DATABASE
+from connectors.clickhouse.schema import DATABASE, MERGE_SETTINGS
 
 TABLE = "reconciliations"
 
@@ -41,7 +41,7 @@ COLUMNS = [("run_id", "String"), ("symbol", "String"), ("status", "String"),
 def reconciliations_ddl(database: str = DATABASE) -> str:
     body = ",\n  ".join(f"`{n}` {t}" for n, t in COLUMNS)
     return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{TABLE}` (\n  {body}\n) "
-            f"ENGINE = ReplacingMergeTree ORDER BY (run_id, symbol, decided_at)")
+            f"ENGINE = ReplacingMergeTree ORDER BY (run_id, symbol, decided_at) SETTINGS {MERGE_SETTINGS}")
 
 
 def ensure_reconciliations(client, database: str = DATABASE) -> None:
