@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from cuts_cli import ROOT, cuts
 
-CUTS = [sys.executable, "-m", "dataflows.cli"]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRADES_HEADER = ("run_id,symbol,strategy,qty,entry_time,entry_price,exit_time,exit_price,"
                  "exit_reason,pnl,return_pct")
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args, check=True):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cuts {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

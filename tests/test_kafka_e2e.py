@@ -4,7 +4,6 @@ workers; a worker killed with SIGKILL resumes from its recovery directory
 with nothing lost and nothing doubled."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,19 +12,11 @@ import time
 import pytest
 
 from connectors.kafka.embedded import EmbeddedKafka
+from cuts_cli import CUTS, ROOT, cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 EXPORTS = ("trades.csv", "orders.csv", "fills.csv", "equity.csv", "rejections.csv")
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args, check=True, timeout=300):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cuts {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

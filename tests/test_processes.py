@@ -6,7 +6,6 @@ replayed topic equals the file's, and a sweep killed with SIGKILL resumes
 from its recovery directory with nothing lost and nothing doubled."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -17,9 +16,8 @@ import pytest
 import yaml
 
 from connectors.kafka.embedded import EmbeddedKafka
+from cuts_cli import CUTS, ROOT, cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 GRID = {"axes": {"exit.take_profit_pct": [0.01, 0.02], "exit.stop_loss_pct": [0.005, 0.01],
                  "exit.trailing_stop": [False, True]},
         "walk_forward": {"train_days": 2, "test_days": 1}}
@@ -27,13 +25,6 @@ SWEEP_CSVS = ("configs.csv", "trades.csv", "metrics.csv", "daily.csv", "folds.cs
 RUN_CSVS = ("trades.csv", "orders.csv", "fills.csv", "equity.csv", "rejections.csv")
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args, check=True, timeout=600):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cuts {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def free_ports(n: int) -> list[int]:

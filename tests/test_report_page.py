@@ -4,10 +4,7 @@ chart checked against the run's rows counted in ClickHouse SQL, no console
 error, no network request, a screenshot in tests/artifacts/."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 from browser import OpenPage, browser  # noqa: F401 (fixture)
@@ -18,18 +15,11 @@ from connectors.clickhouse import runs as ch_runs
 from connectors.clickhouse.schema import column_names
 from connectors.html.tearsheet import HEADLINE, fmt, render_tearsheet
 from dataflows.reports import run_sheet, write_page
+from cuts_cli import cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 RUN = "page"
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, f"cuts {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,18 @@ tested in-process in test_clean_stop.py; Kafka replays and live runs in
 test_kafka_e2e.py, trading runs in test_paper_session.py.)"""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from cuts_cli import CUTS, ROOT, cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 EXPORTS = ("trades.csv", "orders.csv", "fills.csv", "equity.csv", "rejections.csv")
 PROGRESS = ("bars ", "published ")
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, f"cuts {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def signal_at_progress(args, sigs, after_lines=1, timeout=120, gap_s=0.0):

@@ -21,21 +21,13 @@ import yaml
 
 from operators.config import TradingConfig
 from operators.grid import expand, parse_grid
+from cuts_cli import ROOT, cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 GRID = {"axes": {"exit.take_profit_pct": [0.01, 0.02, 0.03], "exit.stop_loss_pct": [0.005, 0.01],
                  "exit.trailing_stop": [False, True]},
         "walk_forward": {"train_days": 2, "test_days": 1, "objective": "sharpe"}}
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args, check=True, timeout=600):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cuts {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def batch(tmp, jobs):

@@ -5,9 +5,7 @@ screenshot in tests/artifacts/."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -16,21 +14,14 @@ from browser import OpenPage, browser  # noqa: F401 (fixture)
 from connectors.clickhouse import client as ch
 from connectors.html.sweep_page import render_sweep_page
 from dataflows.reports import sweep_sheet, write_page
+from cuts_cli import CUTS, ROOT, cuts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUTS = [sys.executable, "-m", "dataflows.cli"]
 SWEEP = "sw-page"
 GRID = {"axes": {"exit.take_profit_pct": [0.01, 0.02, 0.03], "exit.stop_loss_pct": [0.005, 0.01],
                  "exit.trailing_stop": [False, True]},
         "walk_forward": {"train_days": 2, "test_days": 1, "objective": "sharpe"}}
 
 pytestmark = pytest.mark.slow
-
-
-def cuts(*args):
-    proc = subprocess.run([*CUTS, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, f"cuts {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.fixture(scope="module")
