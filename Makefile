@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BYTECODE := $(PY) -m compileall -q dataflows operators connectors >/dev/null
 # the compiled portfolio step built ahead of time (operators/portfolio_step.py);
 # without a C compiler the JIT serves, only slower to start
-STEP := $(PY) tools/build_portfolio_step.py || echo "portfolio step: not built ahead of time; numba's JIT is used"
+STEP := $(PY) tools/build_portfolio_step.py || true
 
 .PHONY: demo test bench clean
 

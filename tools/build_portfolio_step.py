@@ -91,6 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=step.HERE, help="where the extension goes (default: operators/)")
     ap.add_argument("--force", action="store_true", help="build even when this source's build exists")
     args = ap.parse_args(argv)
+    if not (os.path.isdir(args.out_dir) and os.access(args.out_dir, os.W_OK)):
+        print(f"build_portfolio_step: error: --out-dir {args.out_dir} is not a writable directory",
+              file=sys.stderr)
+        return 2
     name = step.module_name()
     have = step.built(args.out_dir, name)
     if have and os.path.exists(os.path.join(args.out_dir, name + ".json")) and not args.force:
@@ -98,7 +102,15 @@ def main(argv=None) -> int:
         return 0
     print("portfolio step: compiling ahead of time (seconds) ...", flush=True)
     started = time.monotonic()
-    target = build(args.out_dir)
+    try:
+        target = build(args.out_dir)
+    except KeyboardInterrupt:  # the build is made in a temporary directory: nothing half-written is used
+        print("portfolio step: interrupted, not built; numba's JIT serves", file=sys.stderr)
+        return 130
+    except Exception as exc:  # no C compiler, no Python headers, a full disk: the JIT still serves
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"portfolio step: not built ({type(exc).__name__}: {first}); numba's JIT serves", file=sys.stderr)
+        return 1
     print(f"portfolio step: built {os.path.relpath(target, ROOT)} in {time.monotonic() - started:.0f} s")
     return 0
 
